@@ -1,0 +1,46 @@
+"""Every error gradguard raises derives from :class:`GradguardError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "GradguardError",
+    "ModelSourceError",
+    "EmbeddedModelError",
+    "ChatTemplateError",
+    "UnsupportedModelError",
+    "UnknownOffsetError",
+    "InputError",
+    "ContextLengthError",
+]
+
+
+class GradguardError(Exception):
+    """Base class of every error raised by gradguard."""
+
+
+class ModelSourceError(GradguardError):
+    """A model source (id, folder or ``.gguf`` path) could not be loaded."""
+
+
+class EmbeddedModelError(ModelSourceError):
+    """The embedded default model is missing, corrupt, or its cache is unreadable."""
+
+
+class ChatTemplateError(GradguardError):
+    """The tokenizer has no chat template, or the template cannot render the messages."""
+
+
+class UnsupportedModelError(GradguardError):
+    """The model is not a causal language model that gradguard can score."""
+
+
+class UnknownOffsetError(GradguardError):
+    """No semantic-preserving offset is known for this model."""
+
+
+class InputError(GradguardError, ValueError):
+    """The messages or response given to the scorer are not usable."""
+
+
+class ContextLengthError(InputError):
+    """Prompt plus response exceed the model's context window (nothing is truncated)."""

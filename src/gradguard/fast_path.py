@@ -1,0 +1,194 @@
+"""The fast gradient scorer: O(T) in the response length, independent of the prompt length.
+
+Three cuts over the straightforward computation (:mod:`gradguard.oracle`), exact up to float error:
+
+1. Positions before the semantic-preserving token ``s`` do not depend on ``h_l[s]``
+   (causal attention), so their keys and values come from a KV cache cropped to ``s``
+   and only positions ``s … P+T−2`` are run again.
+2. Only the SemGrad layers need a graph: the lower layers run under ``no_grad`` and the
+   hidden state entering the first SemGrad layer becomes a detached leaf; no parameter
+   gradient is ever computed.
+3. The LM-head gradient is taken in closed form (:mod:`gradguard.head_gradient`).
+
+Several completions of one prompt are scored in one batch (right-padded: causal
+attention makes padding after a response invisible to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from gradguard.head_gradient import head_gradients, token_stats
+
+__all__ = ["RawScores", "fast_scores", "crop_cache", "decoder_layers", "logit_softcap"]
+
+
+@dataclass(frozen=True)
+class RawScores:
+    """Norms and per-token statistics of one response, before they are combined into scores."""
+
+    semgrad: float
+    paragrad: float
+    exgrad: float
+    entropy: list[float]
+    nll: list[float]
+
+
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The model's list of decoder layers."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        from gradguard.errors import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no `layers` list in its decoder; gradguard supports decoder-only "
+            "transformers laid out like Llama/Qwen/Mistral/Gemma"
+        )
+    return layers
+
+
+def logit_softcap(model: PreTrainedModel) -> float | None:
+    """The final logit soft-capping constant (Gemma 2/3), or None."""
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def crop_cache(cache: DynamicCache, keep: int) -> DynamicCache | None:
+    """Crop ``cache`` in place to its first ``keep`` positions; None when that cannot be done exactly.
+
+    A sliding-window layer that has already dropped old positions cannot be rolled back;
+    the caller then rebuilds the prefix instead.
+    """
+    length = cache.get_seq_length()
+    if length < keep:
+        return None
+    for layer in cache.layers:
+        window = getattr(layer, "sliding_window", None)
+        if getattr(layer, "is_sliding", False) and window is not None and layer.get_seq_length() >= window:
+            return None
+    if length > keep:
+        cache.crop(keep - length)
+    return cache
+
+
+@torch.no_grad()
+def prefill(model: PreTrainedModel, prefix_ids: Sequence[int]) -> DynamicCache:
+    """A KV cache over ``prefix_ids``, computed without a graph."""
+    cache = DynamicCache(config=model.config)
+    if prefix_ids:
+        ids = torch.tensor([list(prefix_ids)], device=model.device)
+        model.get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
+    return cache
+
+
+@contextmanager
+def _graph_from_layer(layers: torch.nn.ModuleList, start: int, stop: int, captured: list[torch.Tensor]) -> Iterator[None]:
+    """Hooks: the input of ``layers[start]`` becomes a leaf that starts the graph; inputs of ``start…stop−1`` are kept."""
+
+    def first_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        leaf = hidden.detach().requires_grad_(True)
+        torch.set_grad_enabled(True)  # everything above this layer records a graph
+        captured.append(leaf)
+        if args:
+            return (leaf, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": leaf}
+
+    def keep_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured.append(args[0] if args else kwargs["hidden_states"])
+
+    handles = [layers[start].register_forward_pre_hook(first_hook, with_kwargs=True)]
+    handles += [layers[i].register_forward_pre_hook(keep_hook, with_kwargs=True) for i in range(start + 1, stop)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def fast_scores(
+    model: PreTrainedModel,
+    prompt_ids: Sequence[int],
+    responses: Sequence[Sequence[int]],
+    spt_position: int,
+    layer_span: tuple[int, int],
+    cache: DynamicCache | None = None,
+) -> list[RawScores]:
+    """Score several non-empty responses to one prompt in one batch.
+
+    ``cache``, if given, holds at least the first ``spt_position`` prompt positions (batch 1,
+    or batch ``len(responses)`` with identical prefixes, as ``generate`` returns); it is
+    consumed. Without one the prefix is prefilled here without a graph.
+    """
+    batch = len(responses)
+    device = model.device
+    s = spt_position
+    cropped = crop_cache(cache, s) if cache is not None else None
+    if cropped is None:
+        cropped = prefill(model, prompt_ids[:s])
+    if cropped.get_seq_length() != s:
+        raise AssertionError(f"cache holds {cropped.get_seq_length()} positions, expected {s}")
+    cache_batch = cropped.layers[0].keys.shape[0] if s > 0 else batch
+    if cache_batch == 1 and batch > 1:
+        cropped.batch_repeat_interleave(batch)
+    elif cache_batch != batch:
+        raise AssertionError(f"cache batch {cache_batch} does not match {batch} responses")
+
+    tail = list(prompt_ids[s:])
+    segments = [tail + list(r[:-1]) for r in responses]
+    width = max(len(seg) for seg in segments)
+    pad = 0
+    ids = torch.full((batch, width), pad, dtype=torch.long, device=device)
+    for b, seg in enumerate(segments):
+        ids[b, : len(seg)] = torch.tensor(seg, dtype=torch.long)
+
+    layers = decoder_layers(model)
+    start, stop = layer_span
+    captured: list[torch.Tensor] = []
+    grad_mode = torch.is_grad_enabled()
+    try:
+        with torch.no_grad(), _graph_from_layer(layers, start, stop, captured):
+            out = model.get_decoder()(input_ids=ids, past_key_values=cropped, use_cache=True)
+            torch.set_grad_enabled(True)
+            u = out.last_hidden_state  # (B, width, d), the LM-head input, with a graph above `start`
+    finally:
+        torch.set_grad_enabled(grad_mode)
+
+    weight = model.get_output_embeddings().weight
+    cap = logit_softcap(model)
+    first = len(tail) - 1  # segment index that predicts the first response token
+    grad_u = torch.zeros_like(u)
+    heads = []
+    with torch.no_grad():
+        for b, resp in enumerate(responses):
+            n_tokens = len(resp)
+            targets = torch.tensor(list(resp), dtype=torch.long, device=device)
+            u_b = u[b, first : first + n_tokens].detach()
+            stats = token_stats(u_b, weight, targets, cap)
+            head = head_gradients(u_b, weight, targets, stats, cap)
+            grad_u[b, first : first + n_tokens] = head.grad_u
+            heads.append((stats, head))
+    grads = torch.autograd.grad(u, captured, grad_outputs=grad_u)
+    n_layers, width_d = stop - start, u.shape[-1]
+    vocab = weight.shape[0]
+    results = []
+    for b, (stats, head) in enumerate(heads):
+        sem_l1 = sum(float(g[b, 0].float().abs().sum()) for g in grads)
+        results.append(
+            RawScores(
+                semgrad=sem_l1 / (n_layers * width_d),
+                paragrad=head.paragrad_l1 / (vocab * width_d),
+                exgrad=head.exgrad_l1 / (vocab * width_d),
+                entropy=stats.entropy.tolist(),
+                nll=stats.nll.tolist(),
+            )
+        )
+    del grads, u, captured, cropped, grad_u
+    return results

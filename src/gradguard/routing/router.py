@@ -1,0 +1,264 @@
+"""The router: applies a policy to an answer, running escalations, and records every step."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from pydantic import ConfigDict, Field, model_validator
+
+from gradguard.result import ScoreResult
+from gradguard.routing._models import RoutingModel
+from gradguard.routing.actions import Action
+from gradguard.routing.errors import RoutingInputError
+from gradguard.routing.policy import Decision, RoutingPolicy
+
+__all__ = ["TrailStep", "EscalationResult", "EscalationTarget", "RouteOutcome", "Router", "TrailOutcome"]
+
+logger = logging.getLogger(__name__)
+
+
+class TrailOutcome:
+    """The ``outcome`` strings a :class:`TrailStep` can carry."""
+
+    ACCEPTED = "accepted"  #: the answer was returned
+    ABSTAINED = "abstained"  #: abstain_text was returned
+    REJECTED = "rejected"  #: the answer was rejected
+    ESCALATED = "escalated"  #: the target returned a new answer; the policy decides again
+    PENDING_REVIEW = "pending_review"  #: the target queued the answer for human review
+    TARGET_ERROR = "target_error"  #: the target raised (or returned garbage); next tier down
+    TARGET_MISSING = "target_missing"  #: no target of that name is registered; next tier down
+    TARGET_USED = "target_used"  #: the target already ran for this question; next tier down
+    EXHAUSTED = "exhausted"  #: no tier was left to try; abstain
+
+
+class TrailStep(RoutingModel):
+    """One step of a routing run: a decision and what came of it.
+
+    ``confidence`` is the confidence the step was decided on (``None`` when there
+    was none); ``error`` holds the text of a target's exception (or why it could
+    not run). ``tier_index`` and ``reason`` (additions to the base schema) say which
+    tier decided and why.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    _error: ClassVar[type[RoutingInputError]] = RoutingInputError
+
+    step: int = Field(..., ge=0)
+    action: Action
+    target: str | None
+    confidence: float | None
+    outcome: str
+    error: str | None = None
+    tier_index: int | None = None
+    reason: str = ""
+
+
+class EscalationResult(RoutingModel):
+    """What an escalation target returns: a new answer and its score.
+
+    ``result`` is the new answer's score (``None`` when it was not scored; the
+    policy then treats it as unconfident). A human-review target sets
+    ``pending_review_id`` and the router abstains with that review id.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    _positional: ClassVar[tuple[str, ...]] = ("answer", "result", "pending_review_id", "metadata")
+    _error: ClassVar[type[RoutingInputError]] = RoutingInputError
+
+    answer: str
+    result: ScoreResult | None = None
+    pending_review_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+#: ``(question, current_answer, current_result) -> EscalationResult``: produce a new,
+#: re-scored answer (a bigger model, more retrieval, a human review queue).
+EscalationTarget = Callable[[str, str, ScoreResult | None], EscalationResult]
+
+
+class RouteOutcome(RoutingModel):
+    """The result of routing one answer.
+
+    ``action`` is ``ACCEPT``, ``ABSTAIN`` or ``REJECT`` (never ``ESCALATE``; the
+    escalations are in ``trail``). ``answer`` is the (possibly escalated) answer
+    when accepted, and the policy's ``abstain_text`` otherwise, never an unguarded
+    answer. ``result`` is the score of the last answer considered. ``decision``
+    is the final decision (``decision.action == action``). ``review_id`` is set
+    when the answer was queued for human review.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    _error: ClassVar[type[RoutingInputError]] = RoutingInputError
+
+    action: Action
+    answer: str
+    result: ScoreResult | None
+    decision: Decision
+    trail: list[TrailStep]
+    review_id: str | None = None
+
+    @model_validator(mode="after")
+    def _check_final(self) -> RouteOutcome:
+        if self.action is Action.ESCALATE:
+            raise RoutingInputError("a RouteOutcome cannot end in action='escalate'; it ends in accept, abstain or reject")
+        return self
+
+    @property
+    def accepted(self) -> bool:
+        """True when the answer was accepted."""
+        return self.action is Action.ACCEPT
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-able summary: ``{"action", "reason", "confidence", "tier", "trail", "review_id"}``."""
+        conf = self.decision.confidence
+        return {
+            "action": self.action.value,
+            "reason": self.decision.reason,
+            "confidence": conf if conf is not None and math.isfinite(conf) else None,
+            "tier": self.decision.tier_index,
+            "trail": [step.model_dump(mode="json") for step in self.trail],
+            "review_id": self.review_id,
+        }
+
+
+class Router:
+    """Applies a :class:`RoutingPolicy` to answers, running escalation targets.
+
+    ``targets`` maps the target names used by the policy's escalate tiers to
+    callables ``(question, answer, result) -> EscalationResult``. A router holds
+    no per-call state and may be shared between threads (if its targets can).
+
+    Routing fails closed: an escalation target that raises, is not registered or
+    was already used for this question is recorded in the trail and the next
+    tier down applies; when no tier is left the router abstains.
+    """
+
+    def __init__(self, policy: RoutingPolicy, targets: Mapping[str, EscalationTarget] | None = None) -> None:
+        if not isinstance(policy, RoutingPolicy):
+            raise RoutingInputError(
+                f"policy={policy!r} is not a RoutingPolicy; build one with RoutingPolicy([...]) "
+                "or RoutingPolicy.threshold(0.8)"
+            )
+        targets = dict(targets or {})
+        for name, target in targets.items():
+            if not isinstance(name, str) or not callable(target):
+                raise RoutingInputError(
+                    f"targets[{name!r}]={target!r} is not a callable escalation target; map each target "
+                    "name to a function (question, answer, result) -> EscalationResult"
+                )
+        missing = [name for name in policy.targets() if name not in targets]
+        if missing:
+            logger.warning(
+                "routing policy escalates to %s but no such target is registered; those tiers will fall "
+                "through to the next tier down",
+                missing,
+            )
+        self.policy = policy
+        self.targets: dict[str, EscalationTarget] = targets
+
+    def route(self, question: str, answer: str, result: ScoreResult | None) -> RouteOutcome:
+        """Decide what to do with ``answer`` to ``question`` given its score ``result``."""
+        if result is not None and not isinstance(result, ScoreResult):
+            raise RoutingInputError(
+                f"result={result!r} is not a ScoreResult; pass the scorer's ScoreResult, or None for an "
+                "unscored answer"
+            )
+        policy = self.policy
+        trail: list[TrailStep] = []
+        used: set[str] = set()
+        from_tier = 0
+
+        def record(decision: Decision, outcome: str, error: str | None = None) -> None:
+            trail.append(
+                TrailStep(
+                    step=len(trail),
+                    action=decision.action,
+                    target=decision.target,
+                    confidence=decision.confidence,
+                    outcome=outcome,
+                    error=error,
+                    tier_index=decision.tier_index,
+                    reason=decision.reason,
+                )
+            )
+
+        def finish(action: Action, decision: Decision, review_id: str | None = None) -> RouteOutcome:
+            text = answer if action is Action.ACCEPT else policy.abstain_text
+            return RouteOutcome(
+                action=action, answer=text, result=result, decision=decision, trail=trail, review_id=review_id
+            )
+
+        while True:
+            if from_tier >= len(policy.tiers):
+                last = policy.tiers[-1]
+                decision = Decision(
+                    action=Action.ABSTAIN,
+                    tier_index=len(policy.tiers) - 1,
+                    confidence=trail[-1].confidence if trail else None,
+                    target=None,
+                    reason=f"every tier was tried and none could apply (the floor tier escalates to "
+                    f"{last.target!r}); abstaining",
+                )
+                record(decision, TrailOutcome.EXHAUSTED)
+                return finish(Action.ABSTAIN, decision)
+
+            decision = policy.decide(result, from_tier=from_tier)
+            if decision.action is Action.ACCEPT:
+                record(decision, TrailOutcome.ACCEPTED)
+                return finish(Action.ACCEPT, decision)
+            if decision.action is Action.ABSTAIN:
+                record(decision, TrailOutcome.ABSTAINED)
+                return finish(Action.ABSTAIN, decision)
+            if decision.action is Action.REJECT:
+                record(decision, TrailOutcome.REJECTED)
+                return finish(Action.REJECT, decision)
+
+            # ESCALATE
+            name = decision.target
+            assert name is not None  # guaranteed by Tier validation
+            if name in used:
+                record(decision, TrailOutcome.TARGET_USED, f"target {name!r} already ran for this question")
+                from_tier = decision.tier_index + 1
+                continue
+            target = self.targets.get(name)
+            if target is None:
+                record(
+                    decision,
+                    TrailOutcome.TARGET_MISSING,
+                    f"no escalation target named {name!r} is registered (registered: {sorted(self.targets)}); "
+                    f"pass it in Router(policy, targets={{{name!r}: ...}})",
+                )
+                from_tier = decision.tier_index + 1
+                continue
+            used.add(name)
+            try:
+                escalated = target(question, answer, result)
+            except Exception as exc:  # noqa: BLE001 - any target failure falls to the next tier (fail closed)
+                logger.warning("escalation target %r raised %s: %s", name, type(exc).__name__, exc)
+                record(decision, TrailOutcome.TARGET_ERROR, f"{type(exc).__name__}: {exc}")
+                from_tier = decision.tier_index + 1
+                continue
+            if not isinstance(escalated, EscalationResult):
+                record(
+                    decision,
+                    TrailOutcome.TARGET_ERROR,
+                    f"target {name!r} returned {type(escalated).__name__}, not an EscalationResult",
+                )
+                from_tier = decision.tier_index + 1
+                continue
+            if escalated.pending_review_id is not None:
+                record(decision, TrailOutcome.PENDING_REVIEW)
+                final = Decision(
+                    action=Action.ABSTAIN,
+                    tier_index=decision.tier_index,
+                    confidence=decision.confidence,
+                    target=name,
+                    reason=f"{decision.reason}; queued for human review as {escalated.pending_review_id}",
+                )
+                return finish(Action.ABSTAIN, final, review_id=escalated.pending_review_id)
+            record(decision, TrailOutcome.ESCALATED)
+            answer, result = escalated.answer, escalated.result
+            from_tier = 0

@@ -1,0 +1,285 @@
+"""`GradScorer`: score a (prompt, response) pair with SemGrad, ParaGrad and HybridGrad.
+
+All scores are uncertainties — larger means the model is less sure of its answer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+
+from gradguard.errors import ContextLengthError, InputError, UnsupportedModelError
+from gradguard.fast_path import RawScores, decoder_layers, fast_scores
+from gradguard.loading import load_model
+from gradguard.offsets import family_offset
+from gradguard.oracle import oracle_scores
+from gradguard.prompting import Messages, end_of_turn_ids, template_prompt, tokenize_response
+from gradguard.result import ScoreResult, Timings
+
+__all__ = ["GradScorer", "combine_scores"]
+
+
+def combine_scores(raw: RawScores) -> dict[str, float]:
+    """Turn norms and per-token statistics into the reported scores (see :class:`ScoreResult`)."""
+    n_tokens = len(raw.nll)
+    mean_entropy = sum(raw.entropy) / n_tokens
+    alpha = math.exp(-mean_entropy)
+    return {
+        "semgrad": raw.semgrad,
+        "paragrad": raw.paragrad,
+        "exgrad": raw.exgrad,
+        "hybridgrad": alpha * raw.paragrad + (1.0 - alpha) * raw.semgrad,
+        "alpha": alpha,
+        "mean_entropy": mean_entropy,
+        "g_nll": sum(raw.nll),
+        "mean_nll": sum(raw.nll) / n_tokens,
+        "max_nll": max(raw.nll),
+    }
+
+
+_NAN_SCORES = dict.fromkeys(
+    ("semgrad", "paragrad", "exgrad", "hybridgrad", "alpha", "mean_entropy", "g_nll", "mean_nll", "max_nll"), math.nan
+)
+
+
+class GradScorer:
+    """Gradient-based uncertainty scorer for a local Hugging Face chat model.
+
+    Example::
+
+        scorer = GradScorer.from_pretrained()          # the embedded Qwen2.5-Coder-0.5B-Instruct
+        result = scorer.generate_and_score([{"role": "user", "content": "Who proposed evolution by natural selection?"}])
+        result.response, result.hybridgrad            # larger hybridgrad = less confident
+
+    ``spt_offset`` is the negative offset ``k`` of the semantic-preserving token from the end of
+    the chat-templated prompt; by default it comes from the model's family. ``layer_span`` is the
+    half-open range of decoder layers SemGrad averages over (default: the top half).
+    Every public method holds :attr:`lock`, so one scorer may be shared between threads.
+    Scoring never modifies the model's parameters or their ``requires_grad`` flags.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        spt_offset: int | None = None,
+        layer_span: tuple[int, int] | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        if not isinstance(model, GenerationMixin) or model.get_output_embeddings() is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} is not a causal language model with an LM head; load the model with "
+                "AutoModelForCausalLM (or gradguard.load_model)"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+        self.lock = threading.RLock()
+        n_layers = len(decoder_layers(model))
+        if layer_span is None:
+            layer_span = (n_layers - n_layers // 2, n_layers)
+        start, stop = layer_span
+        if not (0 <= start < stop <= n_layers):
+            raise InputError(f"layer_span {layer_span} is not a range inside [0, {n_layers}); pass (start, stop) with 0 <= start < stop <= {n_layers}")
+        self.layer_span = (int(start), int(stop))
+        if spt_offset is None:
+            spt_offset = family_offset(model, tokenizer)
+        if spt_offset >= 0:
+            raise InputError(f"spt_offset {spt_offset} must be negative (an offset from the end of the prompt, e.g. -2)")
+        self.spt_offset = int(spt_offset)
+        self._eot_ids = end_of_turn_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike[str] | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        spt_offset: int | None = None,
+        layer_span: tuple[int, int] | None = None,
+    ) -> GradScorer:
+        """Load a model (Hub id, folder, ``.gguf`` file, or ``None`` for the embedded default) and wrap it."""
+        model, tokenizer, name = load_model(source, dtype=dtype)
+        return cls(model, tokenizer, spt_offset=spt_offset, layer_span=layer_span, model_name=name)
+
+    @property
+    def context_window(self) -> int:
+        """The model's maximum sequence length in tokens."""
+        cfg = self.model.config.get_text_config()
+        return int(getattr(cfg, "max_position_embeddings", None) or self.tokenizer.model_max_length)
+
+    def prompt_ids(self, messages: Messages) -> list[int]:
+        """Token ids of ``messages`` in the model's chat template, generation prompt included."""
+        return template_prompt(self.tokenizer, messages)
+
+    def _spt_position(self, prompt_ids: Sequence[int]) -> int:
+        position = len(prompt_ids) + self.spt_offset
+        if position < 0:
+            raise InputError(
+                f"the prompt has {len(prompt_ids)} tokens, fewer than the offset {self.spt_offset} reaches back; "
+                "pass a longer prompt or a smaller |spt_offset|"
+            )
+        return position
+
+    def _check_length(self, n_prompt: int, n_response: int) -> None:
+        limit = self.context_window
+        if n_prompt + n_response > limit:
+            raise ContextLengthError(
+                f"prompt ({n_prompt} tokens) plus response ({n_response} tokens) exceed the model's context window "
+                f"of {limit} tokens; shorten the prompt (e.g. retrieve fewer documents) — nothing is truncated silently"
+            )
+
+    def _result(
+        self,
+        raw: RawScores | None,
+        prompt_ids: Sequence[int],
+        response_ids: Sequence[int],
+        score_s: float,
+        generate_s: float | None = None,
+        text: str | None = None,
+    ) -> ScoreResult:
+        scores = combine_scores(raw) if raw is not None else _NAN_SCORES
+        logprobs = tuple(-x for x in raw.nll) if raw is not None else ()
+        return ScoreResult(
+            **scores,
+            n_response_tokens=len(response_ids),
+            n_prompt_tokens=len(prompt_ids),
+            spt_offset=self.spt_offset,
+            spt_position=len(prompt_ids) + self.spt_offset,
+            layer_span=self.layer_span,
+            timings=Timings(generate_s=generate_s, score_s=score_s),
+            response=text if text is not None else self.tokenizer.decode(list(response_ids), skip_special_tokens=True),
+            empty=raw is None,
+            token_ids=tuple(int(i) for i in response_ids),
+            token_logprobs=logprobs,
+            model=self.model_name,
+        )
+
+    def score(self, messages: Messages, response: str | Sequence[int]) -> ScoreResult:
+        """Score ``response`` (text or token ids) as the answer to ``messages`` (teacher-forced).
+
+        A trailing end-of-turn token in the response is stripped once. A response that is
+        empty after tokenization gives a result with ``empty=True`` and NaN scores.
+        """
+        return self.score_many(messages, [response])[0]
+
+    def score_many(self, messages: Messages, responses: Sequence[str | Sequence[int]]) -> list[ScoreResult]:
+        """Score several responses to the same ``messages`` in one batch (same results as one by one)."""
+        if isinstance(responses, str):
+            raise InputError("score_many takes a list of responses; for one response use score()")
+        with self.lock:
+            prompt = self.prompt_ids(messages)
+            position = self._spt_position(prompt)
+            ids = [tokenize_response(self.tokenizer, r, self._eot_ids) for r in responses]
+            for r in ids:
+                self._check_length(len(prompt), len(r))
+            return self._score_ids(prompt, position, ids, cache=None)
+
+    def _score_ids(
+        self,
+        prompt: list[int],
+        position: int,
+        ids: list[list[int]],
+        cache: DynamicCache | None,
+        generate_s: float | None = None,
+    ) -> list[ScoreResult]:
+        started = time.perf_counter()
+        nonempty = [i for i, r in enumerate(ids) if r]
+        raws: dict[int, RawScores] = {}
+        if nonempty:
+            if cache is not None and len(nonempty) != len(ids):
+                cache = None  # a batched cache no longer lines up with the responses; rebuild the prefix
+            batch = fast_scores(self.model, prompt, [ids[i] for i in nonempty], position, self.layer_span, cache=cache)
+            raws = dict(zip(nonempty, batch))
+        elapsed = (time.perf_counter() - started) / max(1, len(ids))
+        return [self._result(raws.get(i), prompt, r, elapsed, generate_s) for i, r in enumerate(ids)]
+
+    def generate_and_score(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = 256,
+        streamer: Any = None,
+        **generate_kwargs: Any,
+    ) -> ScoreResult:
+        """Generate an answer to ``messages`` (greedy unless told otherwise) and score it.
+
+        Scoring reuses the generation's KV cache, cropped at the semantic-preserving token,
+        so its cost does not grow with the prompt. ``result.response`` is the answer text
+        (end-of-turn token stripped); ``result.timings.generate_s`` the generation time.
+        """
+        return self.generate_many(messages, 1, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)[0]
+
+    def generate_many(
+        self,
+        messages: Messages,
+        n: int,
+        *,
+        max_new_tokens: int = 256,
+        streamer: Any = None,
+        **generate_kwargs: Any,
+    ) -> list[ScoreResult]:
+        """Generate ``n`` completions (pass ``do_sample=True`` for different ones) and score them in one batch."""
+        if n < 1:
+            raise InputError(f"n={n}: ask for at least one completion")
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens={max_new_tokens}: must be at least 1")
+        with self.lock:
+            prompt = self.prompt_ids(messages)
+            position = self._spt_position(prompt)
+            self._check_length(len(prompt), 0)
+            max_new_tokens = min(max_new_tokens, self.context_window - len(prompt))
+            if max_new_tokens < 1:
+                raise ContextLengthError(
+                    f"the prompt ({len(prompt)} tokens) fills the model's context window of {self.context_window} "
+                    "tokens; shorten it — nothing is truncated silently"
+                )
+            kwargs: dict[str, Any] = {"do_sample": False, **generate_kwargs}
+            if kwargs["do_sample"] is False:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            pad_id = self.tokenizer.pad_token_id
+            if pad_id is None:
+                pad_id = next(iter(self._eot_ids), 0)
+            input_ids = torch.tensor([prompt], device=self.model.device)
+            started = time.perf_counter()
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=n,
+                    return_dict_in_generate=True,
+                    streamer=streamer,
+                    pad_token_id=pad_id,
+                    **kwargs,
+                )
+            generate_s = time.perf_counter() - started
+            ids = [self._until_end_of_turn(row[len(prompt) :].tolist()) for row in out.sequences]
+            cache = out.past_key_values if isinstance(out.past_key_values, DynamicCache) else None
+            del out
+            return self._score_ids(prompt, position, ids, cache=cache, generate_s=generate_s)
+
+    def _until_end_of_turn(self, ids: list[int]) -> list[int]:
+        for i, token in enumerate(ids):
+            if token in self._eot_ids:
+                return ids[:i]
+        return ids
+
+    def oracle(self, messages: Messages, response: str | Sequence[int]) -> ScoreResult:
+        """The same scores by the straightforward computation (slow; for tests and benchmarks)."""
+        with self.lock:
+            prompt = self.prompt_ids(messages)
+            position = self._spt_position(prompt)
+            ids = tokenize_response(self.tokenizer, response, self._eot_ids)
+            self._check_length(len(prompt), len(ids))
+            started = time.perf_counter()
+            raw = oracle_scores(self.model, prompt, ids, position, self.layer_span) if ids else None
+            return self._result(raw, prompt, ids, time.perf_counter() - started)

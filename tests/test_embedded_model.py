@@ -1,0 +1,48 @@
+"""End-to-end on the embedded Qwen2.5-Coder-0.5B-Instruct (slow: de-quantizes once, then ~2 s loads)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gradguard import DEFAULT_MODEL, GradScorer
+
+pytestmark = pytest.mark.embedded
+
+PROMPTS = [
+    [{"role": "user", "content": "Who proposed the theory of evolution by natural selection?"}],
+    [{"role": "system", "content": "Answer with a short phrase."}, {"role": "user", "content": "What is an area of land called that is wet for all or part of the year?"}],
+    [{"role": "user", "content": "Surface waters are heated by the radiation from?"}],
+]
+FIELDS = ("hybridgrad", "semgrad", "paragrad", "exgrad", "mean_entropy", "g_nll", "mean_nll", "max_nll")
+
+
+@pytest.fixture(scope="module")
+def scorer() -> GradScorer:
+    return GradScorer.from_pretrained()
+
+
+def test_default_model_identity(scorer: GradScorer) -> None:
+    assert scorer.model_name == DEFAULT_MODEL
+    assert scorer.model.config.model_type == "qwen2"
+    assert scorer.spt_offset == -3
+    assert scorer.layer_span == (12, 24)
+
+
+@pytest.mark.parametrize("messages", PROMPTS, ids=["darwin", "wetland", "sun"])
+def test_generate_and_score_matches_oracle(scorer: GradScorer, messages: list[dict[str, str]]) -> None:
+    result = scorer.generate_and_score(messages, max_new_tokens=24)
+    assert result.scored and result.response
+    oracle = scorer.oracle(messages, list(result.token_ids))
+    for field in FIELDS:
+        assert getattr(result, field) == pytest.approx(getattr(oracle, field), rel=1e-4), field
+
+
+def test_cli_ask_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from gradguard.cli import main
+
+    assert main(["ask", "What is the chemical symbol of gold?", "--max-new-tokens", "12", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == DEFAULT_MODEL
+    assert out["scores"]["hybridgrad"] > 0 and out["timing"]["generate_s"] > 0

@@ -1,0 +1,58 @@
+"""The closed-form LM-head gradient against hand-computed values and plain autograd."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradguard.head_gradient import head_gradients, token_stats
+
+
+def test_two_token_vocabulary_by_hand() -> None:
+    # W = [[1], [0]], u = [1]: z = [1, 0], p = [e/(e+1), 1/(e+1)], target 0.
+    weight = torch.tensor([[1.0], [0.0]])
+    u = torch.tensor([[1.0]])
+    target = torch.tensor([0])
+    stats = token_stats(u, weight, target, softcap=None)
+    p0 = math.e / (math.e + 1)
+    entropy = -(p0 * math.log(p0) + (1 - p0) * math.log(1 - p0))
+    assert stats.nll.item() == pytest.approx(-math.log(p0), rel=1e-6)
+    assert stats.entropy.item() == pytest.approx(entropy, rel=1e-6)
+    grads = head_gradients(u, weight, target, stats, softcap=None)
+    # ∂ℓ/∂W = (p − e_0) ⊗ u = [[-1/(e+1)], [1/(e+1)]]
+    assert grads.exgrad_l1 == pytest.approx(2 / (math.e + 1), rel=1e-6)
+    assert grads.paragrad_l1 == pytest.approx(entropy * 2 / (math.e + 1), rel=1e-6)
+    # ∂ℓ_w/∂u = H · (p − e_0) · W = H · (−1/(e+1))
+    assert grads.grad_u.item() == pytest.approx(-entropy / (math.e + 1), rel=1e-6)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_matches_autograd_with_chunks(softcap: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradguard.head_gradient as hg
+
+    monkeypatch.setattr(hg, "_CHUNK", 7)  # force several chunks
+    monkeypatch.setattr(hg, "_G_CHUNK", 5)
+    torch.manual_seed(1)
+    vocab, dim, n_tokens = 23, 6, 4
+    weight = torch.randn(vocab, dim, dtype=torch.float64).float()
+    u = torch.randn(n_tokens, dim)
+    targets = torch.randint(0, vocab, (n_tokens,))
+
+    w_leaf = weight.clone().requires_grad_(True)
+    u_leaf = u.clone().requires_grad_(True)
+    z = u_leaf @ w_leaf.T
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    logp = torch.log_softmax(z, -1)
+    entropy = -(logp.exp() * logp).sum(-1).detach()
+    nll = -logp.gather(-1, targets.view(-1, 1)).squeeze(-1)
+    g_w, g_u = torch.autograd.grad((entropy * nll).mean(), [w_leaf, u_leaf], retain_graph=True)
+    (g_plain,) = torch.autograd.grad(nll.mean(), [w_leaf])
+
+    stats = token_stats(u, weight, targets, softcap)
+    grads = head_gradients(u, weight, targets, stats, softcap)
+    assert grads.paragrad_l1 == pytest.approx(float(g_w.abs().sum()), rel=1e-5)
+    assert grads.exgrad_l1 == pytest.approx(float(g_plain.abs().sum()), rel=1e-5)
+    torch.testing.assert_close(grads.grad_u, g_u, rtol=1e-5, atol=1e-7)
