@@ -1,0 +1,55 @@
+"""LlamaIndex integration of gradguard (``pip install 'gradguard[llama-index]'``).
+
+- :class:`GradguardLLM`: a ``CustomLLM`` hosting a local Hugging Face chat model (the embedded
+  Qwen2.5-Coder-0.5B-Instruct by default); every response carries its gradient uncertainty in
+  ``additional_kwargs["gradguard"]``.
+- :class:`GradguardEventHandler`: an instrumentation event handler that scores the answers of an
+  LLM you already host (e.g. ``HuggingFaceLLM``) and attaches the same metadata.
+- :class:`ConfidenceGuardQueryEngine`: wraps any query engine and applies a
+  :class:`gradguard.routing.RoutingPolicy` (accept, abstain, reject, escalate); also an agent tool.
+
+The metadata schema is shared with the LangChain integration (:meth:`gradguard.ScoreResult.metadata`).
+Every uncertainty is larger when the model is less confident; a missing or NaN score is unconfident.
+Importing :mod:`gradguard` never imports LlamaIndex; importing this package does.
+"""
+
+from gradguard.integrations.llama_index.base import GradguardLLM
+from gradguard.integrations.llama_index.handler import GradguardEventHandler, ScoredCall
+from gradguard.integrations.llama_index.query_engine import (
+    AnswerRejectedError,
+    ConfidenceGuardQueryEngine,
+    Escalation,
+    GuardedQueryEngineTool,
+    verdict_line,
+)
+from gradguard.integrations.llama_index.utils import (
+    METADATA_KEY,
+    SIGNALS,
+    CapturedScore,
+    GradguardLlamaIndexError,
+    Signal,
+    capture_scores,
+    missing_score_metadata,
+    read_metadata,
+    read_result,
+)
+
+__all__ = [
+    "GradguardLLM",
+    "GradguardEventHandler",
+    "ScoredCall",
+    "ConfidenceGuardQueryEngine",
+    "GuardedQueryEngineTool",
+    "AnswerRejectedError",
+    "Escalation",
+    "verdict_line",
+    "Signal",
+    "SIGNALS",
+    "METADATA_KEY",
+    "CapturedScore",
+    "GradguardLlamaIndexError",
+    "capture_scores",
+    "missing_score_metadata",
+    "read_metadata",
+    "read_result",
+]

@@ -1,0 +1,471 @@
+"""``ConfidenceGuardQueryEngine``: applies a gradguard routing policy to any query engine's answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llama_index.core.base.base_query_engine import BaseQueryEngine
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.base.response.schema import (
+    RESPONSE_TYPE,
+    AsyncStreamingResponse,
+    PydanticResponse,
+    Response,
+    StreamingResponse,
+)
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.llms.llm import LLM
+from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
+from llama_index.core.prompts.mixin import PromptMixinType
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.tools import QueryEngineTool, ToolMetadata, ToolOutput
+
+from gradguard.integrations.llama_index.utils import (
+    METADATA_KEY,
+    CapturedScore,
+    GradguardLlamaIndexError,
+    Signal,
+    SignalFn,
+    apply_signal,
+    capture_scores,
+    describe_signal,
+    messages_to_dicts,
+    missing_score_metadata,
+    same_answer,
+)
+from gradguard.result import ScoreResult
+from gradguard.routing import Action, EscalationResult, EscalationTarget, RouteOutcome, Router, RoutingPolicy
+
+if TYPE_CHECKING:
+    from gradguard.scorer import GradScorer
+
+__all__ = ["ConfidenceGuardQueryEngine", "GuardedQueryEngineTool", "AnswerRejectedError", "Escalation", "verdict_line"]
+
+logger = logging.getLogger(__name__)
+
+#: What an escalation tier may name: a query engine (e.g. wider retrieval or a bigger LLM), an LLM
+#: (re-answers over the same retrieved nodes), or any routing ``EscalationTarget`` (e.g.
+#: ``gradguard.review.human_review_target(queue)``).
+Escalation = BaseQueryEngine | LLM | EscalationTarget
+
+
+class AnswerRejectedError(GradguardLlamaIndexError):
+    """The routing policy rejected the answer and the engine was built with ``raise_on_reject=True``.
+
+    ``outcome`` is the :class:`gradguard.routing.RouteOutcome`; ``response`` the guarded
+    ``Response`` that would have been returned (its text is the policy's abstain text).
+    """
+
+    def __init__(self, message: str, outcome: RouteOutcome, response: Response) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.response = response
+
+
+@dataclass
+class _Candidate:
+    """One answer considered while routing a query: the initial one or an escalation's."""
+
+    response: Response
+    result: ScoreResult | None
+    score_source: str
+    target: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class _CallState:
+    candidates: list[_Candidate] = field(default_factory=list)
+
+
+class ConfidenceGuardQueryEngine(BaseQueryEngine):
+    """Wraps any query engine and accepts, abstains, rejects or escalates its answer by gradguard's routing policy.
+
+    **Where the score comes from** (first that applies; recorded as ``score_source``):
+
+    1. ``"llm"`` / ``"handler"``: the score attached to the LLM call that produced the final answer,
+       when the engine's LLM is a :class:`GradguardLLM` or is watched by a
+       :class:`GradguardEventHandler` (captured during the query; matched by answer text). Exact
+       and free.
+    2. ``"rescored"``: with ``scorer=`` given, the answer is scored teacher-forced against the
+       question and the retrieved nodes, formatted with ``qa_template`` (LlamaIndex's default
+       chat QA prompt). Use it for LLMs gradguard does not host (costs one scoring pass).
+    3. ``"missing"``: no score → unconfident (the floor tier applies; fail closed).
+
+    **The signal** the policy's confidence tiers read (``signal=``): ``"confidence"`` (the
+    calibrated probability; ``None`` on uncalibrated models, so every answer is unconfident), or a
+    raw uncertainty such as ``signal="hybridgrad", max_uncertainty=0.02`` (confident iff
+    ``hybridgrad <= 0.02``; larger uncertainty = less confident), or any function
+    ``ScoreResult -> float | None``. Missing, unscored or NaN → unconfident.
+
+    **Escalation** targets (``escalations={name: ...}``, named by the policy's escalate tiers):
+    a query engine (e.g. the same index with a larger ``similarity_top_k``, or with a larger LLM),
+    an ``LLM`` (re-answers over the nodes retrieved so far), or any routing ``EscalationTarget``
+    such as ``human_review_target(queue)``. The escalated answer is scored the same way and the
+    policy decides again; a target that fails is recorded in the trail and the next tier applies.
+
+    The returned ``Response`` carries ``metadata["gradguard"]``: ``{"action", "reason",
+    "confidence", "tier", "trail", "review_id", "score", "score_source", "signal", "target"}``
+    where ``score`` is the shared metadata schema of the last answer considered
+    (:meth:`gradguard.ScoreResult.metadata`). Abstained and rejected responses carry the
+    policy's ``abstain_text`` and no source nodes; with ``raise_on_reject=True`` a rejection
+    raises :class:`AnswerRejectedError`. A streaming inner engine is drained first (the guard
+    needs the whole answer). Use :meth:`as_tool` to give an agent the guarded engine; the tool
+    output states the action and confidence.
+
+    Example (offline, on a tiny random model; uncalibrated, so a raw-score signal):
+
+    .. code-block:: python
+
+        from llama_index.core import Document, SummaryIndex
+        from gradguard import GradScorer
+        from gradguard.routing import RoutingPolicy
+        from gradguard.testing import make_tiny_model
+        from gradguard.integrations.llama_index import ConfidenceGuardQueryEngine, GradguardLLM
+
+        model, tok = make_tiny_model("qwen2")
+        llm = GradguardLLM(scorer=GradScorer(model, tok), max_new_tokens=8)
+        index = SummaryIndex([Document(text="Paris is the capital of France.")])
+        guard = ConfidenceGuardQueryEngine(
+            index.as_query_engine(llm=llm),
+            RoutingPolicy.threshold(0.5),
+            signal="hybridgrad",
+            max_uncertainty=1e-6,   # a random model is never this sure: the guard abstains
+        )
+        response = guard.query("What is the capital of France?")
+        print(response.response, response.metadata["gradguard"]["action"])  # I don't know. abstain
+    """
+
+    def __init__(
+        self,
+        query_engine: BaseQueryEngine,
+        policy: RoutingPolicy | None = None,
+        *,
+        escalations: Mapping[str, Escalation] | None = None,
+        signal: str | Signal | SignalFn = "confidence",
+        max_uncertainty: float | None = None,
+        scorer: GradScorer | None = None,
+        qa_template: BasePromptTemplate | None = None,
+        raise_on_reject: bool = False,
+        callback_manager: CallbackManager | None = None,
+    ) -> None:
+        """Guard ``query_engine`` with ``policy`` (default: accept at confidence >= 0.8, else abstain)."""
+        if not isinstance(query_engine, BaseQueryEngine):
+            raise GradguardLlamaIndexError(
+                f"query_engine={query_engine!r} is not a LlamaIndex query engine; "
+                "pass e.g. index.as_query_engine(llm=...)"
+            )
+        if policy is None:
+            policy = RoutingPolicy.threshold(0.8)
+        if not isinstance(policy, RoutingPolicy):
+            raise GradguardLlamaIndexError(
+                f"policy={policy!r} is not a gradguard RoutingPolicy; build one with RoutingPolicy.threshold(0.8) "
+                "or RoutingPolicy([Tier(...), ...])"
+            )
+        if isinstance(signal, str):
+            signal = Signal.from_options(signal, max_uncertainty)
+        elif max_uncertainty is not None:
+            raise GradguardLlamaIndexError(
+                f"max_uncertainty={max_uncertainty!r} goes with signal='<score name>'; with a Signal or a function "
+                "as signal, put the threshold in it (e.g. Signal.uncertainty('hybridgrad', 0.02))"
+            )
+        if not callable(signal):
+            raise GradguardLlamaIndexError(
+                f"signal={signal!r} is not usable; pass 'confidence', a score name with max_uncertainty, "
+                "a Signal, or a function ScoreResult -> float | None"
+            )
+        escalations = dict(escalations or {})
+        for name, target in escalations.items():
+            if not isinstance(name, str) or not (isinstance(target, (BaseQueryEngine, LLM)) or callable(target)):
+                raise GradguardLlamaIndexError(
+                    f"escalations[{name!r}]={target!r} is not a query engine, an LLM or an escalation target "
+                    "callable (question, answer, result) -> EscalationResult"
+                )
+        unknown = [t for t in policy.targets() if t not in escalations]
+        if unknown:
+            logger.warning(
+                "the policy escalates to %s but escalations= has no such entry (has %s); those tiers fall through",
+                unknown,
+                sorted(escalations),
+            )
+        if scorer is not None and not hasattr(scorer, "score"):
+            raise GradguardLlamaIndexError(
+                f"scorer={scorer!r} is not a gradguard GradScorer; pass GradScorer(model, tokenizer)"
+            )
+        self._query_engine = query_engine
+        self._policy = policy
+        self._escalations = escalations
+        self._signal: Signal | SignalFn = signal
+        self._scorer = scorer
+        self._qa_template = qa_template or CHAT_TEXT_QA_PROMPT
+        self._raise_on_reject = bool(raise_on_reject)
+        super().__init__(callback_manager=callback_manager or getattr(query_engine, "callback_manager", None))
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def query_engine(self) -> BaseQueryEngine:
+        """The wrapped query engine."""
+        return self._query_engine
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        """The routing policy applied to every answer."""
+        return self._policy
+
+    @property
+    def signal(self) -> Signal | SignalFn:
+        """What the policy's confidence is read from (see the class docs)."""
+        return self._signal
+
+    def _get_prompt_modules(self) -> PromptMixinType:
+        return {"query_engine": self._query_engine}
+
+    # ------------------------------------------------------------------ scoring
+
+    def _rescore(self, question: str, response: Response) -> tuple[ScoreResult | None, str | None]:
+        """Score ``response`` against the question and its source nodes with ``self._scorer``."""
+        if self._scorer is None:
+            return None, "no score was attached to the answer and no scorer= was given to re-score it"
+        try:
+            messages = self._qa_messages(question, response.source_nodes)
+            return self._scorer.score(messages, response.response or ""), None
+        except Exception as exc:  # noqa: BLE001 - an unscorable answer is unconfident, not a crash
+            logger.warning("gradguard could not re-score the answer: %s", exc)
+            return None, f"re-scoring failed: {type(exc).__name__}: {exc}"
+
+    def _qa_messages(self, question: str, nodes: Sequence[NodeWithScore]) -> list[dict[str, str]]:
+        if not nodes:
+            return [{"role": "user", "content": question}]
+        context = "\n\n".join(n.node.get_content(metadata_mode=MetadataMode.LLM) for n in nodes)
+        chat = self._qa_template.format_messages(context_str=context, query_str=question)
+        return messages_to_dicts(chat)
+
+    def _find_score(
+        self, question: str, response: Response, captured: Sequence[CapturedScore]
+    ) -> tuple[ScoreResult | None, str, str | None]:
+        """``(result, score_source, error)`` for the final answer of ``response``."""
+        answer = response.response
+        for item in reversed(captured):
+            if same_answer(item.text, answer):
+                if item.result is not None:
+                    return item.result, item.source, None
+                break  # scoring that answer failed: try re-scoring, else unconfident
+        result, error = self._rescore(question, response)
+        if result is not None:
+            return result, "rescored", None
+        return None, "missing", error
+
+    def _answer(self, engine: BaseQueryEngine, bundle: QueryBundle) -> _Candidate:
+        with capture_scores() as captured:
+            response = _materialize(engine.query(bundle))
+        result, source, error = self._find_score(bundle.query_str, response, captured)
+        return _Candidate(response=response, result=result, score_source=source, error=error)
+
+    async def _aanswer(self, engine: BaseQueryEngine, bundle: QueryBundle) -> _Candidate:
+        with capture_scores() as captured:
+            raw = await engine.aquery(bundle)
+            response = await _amaterialize(raw)
+        result, source, error = await asyncio.to_thread(self._find_score, bundle.query_str, response, captured)
+        return _Candidate(response=response, result=result, score_source=source, error=error)
+
+    def _for_policy(self, result: ScoreResult | None) -> ScoreResult | None:
+        """The result with ``confidence`` replaced by the signal's value (what the policy decides on)."""
+        if result is None:
+            return None
+        return result.model_copy(update={"confidence": apply_signal(self._signal, result)})
+
+    # ------------------------------------------------------------------ escalation
+
+    def _targets(self, bundle: QueryBundle, state: _CallState) -> dict[str, EscalationTarget]:
+        return {name: self._wrap(name, target, bundle, state) for name, target in self._escalations.items()}
+
+    def _wrap(self, name: str, target: Escalation, bundle: QueryBundle, state: _CallState) -> EscalationTarget:
+        def run(question: str, answer: str, result: ScoreResult | None) -> EscalationResult:
+            if isinstance(target, BaseQueryEngine):
+                candidate = self._answer(target, _same_bundle(bundle, question))
+            elif isinstance(target, LLM):
+                candidate = self._answer_with_llm(target, question, state)
+            else:
+                original = state.candidates[-1].result if state.candidates else None
+                escalated = target(question, answer, original)
+                if not isinstance(escalated, EscalationResult) or escalated.pending_review_id is not None:
+                    return escalated  # garbage: the router records a target error; review: it abstains
+                candidate = _Candidate(
+                    response=Response(escalated.answer, []),
+                    result=escalated.result,
+                    score_source="target" if escalated.result is not None else "missing",
+                )
+                candidate.target = name
+                state.candidates.append(candidate)
+                return escalated.model_copy(update={"result": self._for_policy(escalated.result)})
+            candidate.target = name
+            state.candidates.append(candidate)
+            return EscalationResult(
+                answer=candidate.response.response or "",
+                result=self._for_policy(candidate.result),
+                metadata={"target": name, "score_source": candidate.score_source},
+            )
+
+        run.__name__ = run.__qualname__ = f"escalate_to_{name}"
+        return run
+
+    def _answer_with_llm(self, llm: LLM, question: str, state: _CallState) -> _Candidate:
+        from llama_index.core.response_synthesizers import ResponseMode, get_response_synthesizer
+
+        nodes = list(state.candidates[-1].response.source_nodes) if state.candidates else []
+        with capture_scores() as captured:
+            if nodes:
+                synthesizer = get_response_synthesizer(llm=llm, response_mode=ResponseMode.COMPACT)
+                response = _materialize(synthesizer.synthesize(QueryBundle(question), nodes=nodes))
+            else:  # nothing was retrieved: ask the LLM the bare question
+                reply = llm.chat([ChatMessage(role=MessageRole.USER, content=question)])
+                response = Response(reply.message.content or "", [])
+        result, source, error = self._find_score(question, response, captured)
+        return _Candidate(response=response, result=result, score_source=source, error=error)
+
+    # ------------------------------------------------------------------ routing
+
+    def _route(self, bundle: QueryBundle, state: _CallState) -> Response:
+        first = state.candidates[0]
+        router = Router(self._policy, self._targets(bundle, state))
+        outcome = router.route(bundle.query_str, first.response.response or "", self._for_policy(first.result))
+        return self._finish(outcome, state)
+
+    def _finish(self, outcome: RouteOutcome, state: _CallState) -> Response:
+        last = state.candidates[-1]
+        if last.result is not None:
+            score = last.result.metadata()
+        else:
+            score = missing_score_metadata(last.error or "no score for the answer", model=None)
+        meta = {
+            **outcome.metadata(),
+            "score": score,
+            "score_source": last.score_source,
+            "signal": describe_signal(self._signal),
+            "target": last.target,
+        }
+        base_meta = dict(last.response.metadata or {}) if outcome.action is Action.ACCEPT else {}
+        base_meta[METADATA_KEY] = meta
+        nodes = list(last.response.source_nodes) if outcome.action is Action.ACCEPT else []
+        response = Response(response=outcome.answer, source_nodes=nodes, metadata=base_meta)
+        if outcome.action is Action.REJECT and self._raise_on_reject:
+            raise AnswerRejectedError(
+                f"gradguard rejected the answer: {outcome.decision.reason}; "
+                "handle AnswerRejectedError or build the engine with raise_on_reject=False to get the abstain text",
+                outcome,
+                response,
+            )
+        return response
+
+    def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
+        state = _CallState()
+        state.candidates.append(self._answer(self._query_engine, query_bundle))
+        return self._route(query_bundle, state)
+
+    async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
+        state = _CallState()
+        state.candidates.append(await self._aanswer(self._query_engine, query_bundle))
+        # Escalation targets are synchronous (they may run a whole query); keep the event loop free.
+        return await asyncio.to_thread(self._route, query_bundle, state)
+
+    # ------------------------------------------------------------------ tool
+
+    def as_tool(
+        self,
+        name: str = "guarded_query_engine",
+        description: str | None = None,
+        *,
+        return_direct: bool = False,
+    ) -> GuardedQueryEngineTool:
+        """This engine as an agent tool whose output text states the action and confidence."""
+        description = description or (
+            "Answers a natural-language question from a knowledge base. The output ends with a gradguard line "
+            "giving the action (accept, abstain, reject) and the answer's confidence; if the action is not "
+            "accept, the knowledge base could not answer reliably."
+        )
+        return GuardedQueryEngineTool(
+            query_engine=self,
+            metadata=ToolMetadata(name=name, description=description, return_direct=return_direct),
+        )
+
+
+class GuardedQueryEngineTool(QueryEngineTool):
+    """A ``QueryEngineTool`` over a :class:`ConfidenceGuardQueryEngine`; the output text carries the verdict.
+
+    The tool's content is the (guarded) answer followed by a line such as
+    ``[gradguard] action=accept confidence=0.91 signal=confidence hybridgrad=0.0123``
+    (``confidence=none`` when there is none). ``raw_output`` is the ``Response`` with
+    ``metadata["gradguard"]``.
+    """
+
+    def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        """Run the guarded query and return the answer with its verdict."""
+        output = super().call(*args, **kwargs)
+        return _with_verdict(output)
+
+    async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        """Async :meth:`call`."""
+        output = await super().acall(*args, **kwargs)
+        return _with_verdict(output)
+
+
+def verdict_line(meta: Mapping[str, Any] | None) -> str:
+    """One line summarising ``Response.metadata["gradguard"]`` for an agent."""
+    if not meta:
+        return "[gradguard] action=abstain confidence=none (no gradguard metadata: unconfident)"
+    conf = meta.get("confidence")
+    conf_text = f"{conf:.3g}" if isinstance(conf, (int, float)) else "none"
+    score = meta.get("score") or {}
+    unc = (score.get("uncertainty") or {}) if isinstance(score, Mapping) else {}
+    hg = unc.get("hybridgrad")
+    hg_text = f"{hg:.4g}" if isinstance(hg, (int, float)) else "none"
+    return (
+        f"[gradguard] action={meta.get('action')} confidence={conf_text} "
+        f"signal={meta.get('signal')} hybridgrad={hg_text}"
+    )
+
+
+def _with_verdict(output: ToolOutput) -> ToolOutput:
+    raw = output.raw_output
+    meta = raw.metadata.get(METADATA_KEY) if isinstance(getattr(raw, "metadata", None), dict) else None
+    content = f"{output.content}\n\n{verdict_line(meta)}"
+    return ToolOutput(
+        tool_name=output.tool_name,
+        content=content,
+        raw_input=output.raw_input,
+        raw_output=raw,
+        is_error=output.is_error,
+    )
+
+
+def _same_bundle(bundle: QueryBundle, question: str) -> QueryBundle:
+    return bundle if bundle.query_str == question else QueryBundle(question)
+
+
+def _materialize(response: RESPONSE_TYPE) -> Response:
+    """A plain ``Response`` (a streaming one is drained; a pydantic one is serialised)."""
+    if isinstance(response, Response):
+        return response
+    if isinstance(response, StreamingResponse):
+        return response.get_response()
+    if isinstance(response, PydanticResponse):
+        return response.get_response()
+    if isinstance(response, AsyncStreamingResponse):
+        raise GradguardLlamaIndexError(
+            "the wrapped engine returned an AsyncStreamingResponse to a synchronous query; use guard.aquery(...)"
+        )
+    text = getattr(response, "response", None)
+    return Response(str(text) if text is not None else str(response), list(getattr(response, "source_nodes", []) or []))
+
+
+async def _amaterialize(response: RESPONSE_TYPE) -> Response:
+    if isinstance(response, AsyncStreamingResponse):
+        return await response.get_response()
+    return await asyncio.to_thread(_materialize, response)
+

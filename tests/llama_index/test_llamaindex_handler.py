@@ -1,0 +1,192 @@
+"""GradguardEventHandler with HuggingFaceLLM over a tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+pytest.importorskip("llama_index.llms.huggingface")
+
+from llama_index.core.base.llms.types import ChatMessage  # noqa: E402
+from llama_index.core.llms import MockLLM  # noqa: E402
+from llama_index.llms.huggingface import HuggingFaceLLM  # noqa: E402
+
+from gradguard import GradScorer  # noqa: E402
+from gradguard.integrations.llama_index import (  # noqa: E402
+    GradguardEventHandler,
+    GradguardLlamaIndexError,
+    GradguardLLM,
+    capture_scores,
+)
+from gradguard.testing import make_tiny_model  # noqa: E402
+
+PROMPT = "Name a prime number."
+MESSAGES = [ChatMessage(role="user", content=PROMPT)]
+
+
+@pytest.fixture(scope="module")
+def hf_llm() -> HuggingFaceLLM:
+    model, tok = make_tiny_model("qwen2", seed=3)
+    return HuggingFaceLLM(
+        model=model, tokenizer=tok, max_new_tokens=6, is_chat_model=True, context_window=1024, device_map="cpu"
+    )
+
+
+@pytest.fixture()
+def handler(hf_llm: HuggingFaceLLM):
+    h = GradguardEventHandler.from_llm(hf_llm).attach()
+    try:
+        yield h
+    finally:
+        h.detach()
+
+
+def test_completion_is_scored_against_the_prompt(hf_llm: HuggingFaceLLM, handler: GradguardEventHandler) -> None:
+    response = hf_llm.complete(PROMPT)
+    meta = response.additional_kwargs["gradguard"]
+    assert meta["scored"] is True
+    expected = handler.scorer.score([{"role": "user", "content": PROMPT}], response.text)
+    assert meta == expected.metadata()
+    [record] = handler.records
+    assert record.kind == "completion" and record.text == response.text and record.scored
+    assert record.messages == [{"role": "user", "content": PROMPT}]
+
+
+def test_chat_is_scored_once_against_the_messages(hf_llm: HuggingFaceLLM, handler: GradguardEventHandler) -> None:
+    response = hf_llm.chat(MESSAGES)
+    meta = response.message.additional_kwargs["gradguard"]
+    assert response.additional_kwargs["gradguard"] == meta
+    expected = handler.scorer.score([{"role": "user", "content": PROMPT}], response.message.content)
+    assert meta == expected.metadata()
+    # HuggingFaceLLM runs chat as an inner complete(formatted=True): still one record, of kind chat.
+    assert [r.kind for r in handler.records] == ["chat"]
+
+
+def test_streams_get_the_score_on_the_last_chunk(hf_llm: HuggingFaceLLM, handler: GradguardEventHandler) -> None:
+    chunks = list(hf_llm.stream_chat(MESSAGES))
+    last = chunks[-1]
+    assert last.message.additional_kwargs["gradguard"]["scored"] is True
+    assert handler.last is not None and handler.last.text == last.message.content
+    completion_chunks = list(hf_llm.stream_complete(PROMPT))
+    assert completion_chunks[-1].additional_kwargs["gradguard"]["scored"] is True
+    assert [r.kind for r in handler.records] == ["chat", "completion"]
+
+
+def test_async_wrappers_are_not_recorded_twice(hf_llm: HuggingFaceLLM, handler: GradguardEventHandler) -> None:
+    async def run() -> tuple[Any, Any]:
+        return await hf_llm.acomplete(PROMPT), await hf_llm.achat(MESSAGES)
+
+    completion, chat = asyncio.run(run())
+    assert completion.additional_kwargs["gradguard"]["scored"] is True
+    assert chat.message.additional_kwargs["gradguard"]["scored"] is True
+    assert [r.kind for r in handler.records] == ["completion", "chat"]
+
+
+def test_scores_are_published_to_an_open_capture(hf_llm: HuggingFaceLLM, handler: GradguardEventHandler) -> None:
+    with capture_scores() as captured:
+        response = hf_llm.chat(MESSAGES)
+    assert [(c.text, c.source) for c in captured] == [(response.message.content, "handler")]
+
+
+def test_preformatted_completion_is_recorded_unscored(hf_llm: HuggingFaceLLM, handler: GradguardEventHandler) -> None:
+    response = hf_llm.complete("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", formatted=True)
+    meta = response.additional_kwargs["gradguard"]
+    assert meta["scored"] is False and meta["confidence"] is None
+    assert "formatted" in meta["error"]
+    assert handler.last is not None and handler.last.error and not handler.last.scored
+
+
+def test_handler_never_raises_into_the_application(hf_llm: HuggingFaceLLM) -> None:
+    class BrokenScorer:
+        model_name = "broken"
+        tokenizer = hf_llm._tokenizer
+
+        def score(self, *a: Any, **k: Any) -> Any:
+            raise RuntimeError("scorer exploded")
+
+    h = GradguardEventHandler(BrokenScorer(), llm=hf_llm).attach()  # type: ignore[arg-type]
+    try:
+        response = hf_llm.chat(MESSAGES)  # must not raise
+    finally:
+        h.detach()
+    meta = response.message.additional_kwargs["gradguard"]
+    assert meta["scored"] is False and "scorer exploded" in meta["error"]
+    assert set(meta) >= {"confidence", "uncertainty", "model", "profile", "spt_offset", "n_response_tokens", "scored"}
+    assert all(v is None for v in meta["uncertainty"].values())
+    assert h.last is not None and "scorer exploded" in (h.last.error or "")
+
+
+def test_only_the_given_llm_is_scored(hf_llm: HuggingFaceLLM, handler: GradguardEventHandler) -> None:
+    other = MockLLM(max_tokens=4)
+    response = other.complete("hello there")
+    assert "gradguard" not in response.additional_kwargs
+    assert handler.records == []
+
+
+def test_without_llm_filter_every_llm_is_scored(hf_llm: HuggingFaceLLM) -> None:
+    h = GradguardEventHandler(GradScorer(hf_llm._model, hf_llm._tokenizer)).attach()
+    try:
+        response = MockLLM().complete("hello there")  # MockLLM echoes the prompt
+    finally:
+        h.detach()
+    assert response.additional_kwargs["gradguard"]["scored"] is True
+    assert [r.text for r in h.records] == [response.text]
+
+
+def test_gradguard_llm_responses_are_recorded_not_rescored(hf_llm: HuggingFaceLLM) -> None:
+    scorer = GradScorer(hf_llm._model, hf_llm._tokenizer)
+    calls = {"n": 0}
+    original = scorer.score
+
+    def counting_score(*a: Any, **k: Any) -> Any:
+        calls["n"] += 1
+        return original(*a, **k)
+
+    scorer.score = counting_score  # type: ignore[method-assign]
+    h = GradguardEventHandler(scorer).attach()
+    try:
+        response = GradguardLLM(scorer=scorer, max_new_tokens=4).complete(PROMPT)
+    finally:
+        h.detach()
+    assert calls["n"] == 0
+    assert h.last is not None and h.last.metadata == response.additional_kwargs["gradguard"]
+    assert h.last.result is response.raw
+
+
+def test_records_are_thread_safe_and_bounded(hf_llm: HuggingFaceLLM) -> None:
+    h = GradguardEventHandler.from_llm(hf_llm, max_records=3).attach()
+    try:
+        threads = [threading.Thread(target=hf_llm.chat, args=([ChatMessage(role="user", content=f"q{i}")],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        h.detach()
+    records = h.records
+    assert len(records) == 3
+    assert all(r.scored for r in records)
+    assert len({r.messages[0]["content"] for r in records}) == 3  # each record names its own question
+    h.clear()
+    assert h.records == [] and h.last is None
+
+
+def test_detach_stops_scoring(hf_llm: HuggingFaceLLM) -> None:
+    h = GradguardEventHandler.from_llm(hf_llm).attach()
+    h.detach()
+    response = hf_llm.complete(PROMPT)
+    assert "gradguard" not in response.additional_kwargs
+    assert h.records == []
+
+
+def test_bad_construction(hf_llm: HuggingFaceLLM) -> None:
+    with pytest.raises(GradguardLlamaIndexError, match="not a gradguard GradScorer"):
+        GradguardEventHandler(object())  # type: ignore[arg-type]
+    with pytest.raises(GradguardLlamaIndexError, match="_model/_tokenizer"):
+        GradguardEventHandler.from_llm(MockLLM())
+    with pytest.raises(GradguardLlamaIndexError, match="max_records=0"):
+        GradguardEventHandler.from_llm(hf_llm, max_records=0)

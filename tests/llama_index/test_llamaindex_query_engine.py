@@ -1,0 +1,513 @@
+"""ConfidenceGuardQueryEngine: every routing outcome, escalation targets, fail-closed scoring, tools, async."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+
+from llama_index.core import Document, SummaryIndex, VectorStoreIndex  # noqa: E402
+from llama_index.core.base.base_query_engine import BaseQueryEngine  # noqa: E402
+from llama_index.core.base.response.schema import Response  # noqa: E402
+from llama_index.core.embeddings import MockEmbedding  # noqa: E402
+from llama_index.core.llms import MockLLM  # noqa: E402
+from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT  # noqa: E402
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode  # noqa: E402
+
+from gradguard import GradScorer, ScoreResult  # noqa: E402
+from gradguard.integrations.llama_index import (  # noqa: E402
+    AnswerRejectedError,
+    capture_scores,
+    ConfidenceGuardQueryEngine,
+    GradguardLlamaIndexError,
+    GradguardLLM,
+    Signal,
+)
+from gradguard.integrations.llama_index.utils import CapturedScore, apply_signal, publish_score  # noqa: E402
+from gradguard.review import SQLiteReviewQueue, human_review_target  # noqa: E402
+from gradguard.routing import Action, EscalationResult, RoutingPolicy, Tier  # noqa: E402
+
+QUESTION = "Who wrote the report?"
+DOCS = [
+    "The 2023 audit report was written by Ada Lovelace.",
+    "The cafeteria opens at 8 am on weekdays.",
+    "Ada Lovelace also wrote the 2024 budget summary.",
+]
+
+
+class ScriptedEngine(BaseQueryEngine):
+    """A query engine whose LLM 'answers' ``answer`` and publishes ``result`` as GradguardLLM would."""
+
+    def __init__(
+        self,
+        answer: str,
+        result: ScoreResult | None = None,
+        *,
+        nodes: int = 1,
+        scored_text: str | None = None,
+        fail: bool = False,
+    ) -> None:
+        super().__init__(callback_manager=None)
+        self.answer, self.result, self.nodes, self.fail = answer, result, nodes, fail
+        self.scored_text = answer if scored_text is None else scored_text
+        self.calls: list[str] = []
+
+    def _get_prompt_modules(self) -> dict[str, Any]:
+        return {}
+
+    def _query(self, query_bundle: QueryBundle) -> Response:
+        self.calls.append(query_bundle.query_str)
+        if self.fail:
+            raise RuntimeError("retriever down")
+        if self.result is not None:
+            publish_score(
+                CapturedScore(text=self.scored_text, result=self.result, metadata=self.result.metadata(), source="llm")
+            )
+        nodes = [NodeWithScore(node=TextNode(text=DOCS[i % len(DOCS)]), score=1.0) for i in range(self.nodes)]
+        return Response(self.answer, source_nodes=nodes, metadata={"engine": "scripted"})
+
+    async def _aquery(self, query_bundle: QueryBundle) -> Response:
+        return self._query(query_bundle)
+
+
+def _g(response: Any) -> dict[str, Any]:
+    meta = response.metadata["gradguard"]
+    json.dumps(meta)  # the metadata is JSON-able
+    return meta
+
+
+# ---------------------------------------------------------------------------- the four actions
+
+
+def test_accept_returns_the_answer_with_its_sources(result_factory: Any) -> None:
+    inner = ScriptedEngine("Ada Lovelace.", result_factory(0.9, response="Ada Lovelace."), nodes=2)
+    guard = ConfidenceGuardQueryEngine(inner, RoutingPolicy.threshold(0.8))
+    response = guard.query(QUESTION)
+    meta = _g(response)
+    assert response.response == "Ada Lovelace."
+    assert len(response.source_nodes) == 2 and response.metadata["engine"] == "scripted"
+    assert meta["action"] == "accept" and meta["confidence"] == pytest.approx(0.9) and meta["tier"] == 0
+    assert [s["outcome"] for s in meta["trail"]] == ["accepted"]
+    assert meta["score_source"] == "llm" and meta["score"]["uncertainty"]["hybridgrad"] == pytest.approx(0.01)
+    assert meta["score"]["confidence"] == pytest.approx(0.9)
+    assert "0.9" in meta["reason"]
+
+
+def test_abstain_withholds_the_answer_and_sources(result_factory: Any) -> None:
+    inner = ScriptedEngine("A guess.", result_factory(0.3), nodes=2)
+    guard = ConfidenceGuardQueryEngine(inner, RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ABSTAIN)], "No idea."))
+    response = guard.query(QUESTION)
+    assert response.response == "No idea."
+    assert response.source_nodes == []
+    meta = _g(response)
+    assert meta["action"] == "abstain" and meta["confidence"] == pytest.approx(0.3) and meta["tier"] == 1
+    assert "engine" not in response.metadata  # nothing of the withheld answer leaks through
+
+
+def test_reject_marks_or_raises(result_factory: Any) -> None:
+    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.REJECT)])
+    inner = ScriptedEngine("A guess.", result_factory(0.2))
+    response = ConfidenceGuardQueryEngine(inner, policy).query(QUESTION)
+    assert response.response == policy.abstain_text
+    assert _g(response)["action"] == "reject"
+    with pytest.raises(AnswerRejectedError, match="rejected") as info:
+        ConfidenceGuardQueryEngine(inner, policy, raise_on_reject=True).query(QUESTION)
+    assert info.value.outcome.action is Action.REJECT
+    assert info.value.response.response == policy.abstain_text
+
+
+def test_escalation_to_a_wider_engine_replaces_answer_and_sources(result_factory: Any) -> None:
+    narrow = ScriptedEngine("Not sure.", result_factory(0.4), nodes=1)
+    wide = ScriptedEngine("Ada Lovelace wrote it.", result_factory(0.95, hybridgrad=0.002), nodes=3)
+    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "wide")])
+    response = ConfidenceGuardQueryEngine(narrow, policy, escalations={"wide": wide}).query(QUESTION)
+    meta = _g(response)
+    assert wide.calls == [QUESTION]
+    assert response.response == "Ada Lovelace wrote it." and len(response.source_nodes) == 3
+    assert meta["action"] == "accept" and meta["target"] == "wide"
+    assert [s["outcome"] for s in meta["trail"]] == ["escalated", "accepted"]
+    assert meta["trail"][0]["confidence"] == pytest.approx(0.4)
+    assert meta["score"]["uncertainty"]["hybridgrad"] == pytest.approx(0.002)  # the escalated answer's score
+
+
+def test_escalation_that_stays_unconfident_abstains(result_factory: Any) -> None:
+    narrow = ScriptedEngine("Not sure.", result_factory(0.4))
+    wide = ScriptedEngine("Still not sure.", result_factory(0.5))
+    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "wide")])
+    response = ConfidenceGuardQueryEngine(narrow, policy, escalations={"wide": wide}).query(QUESTION)
+    meta = _g(response)
+    assert response.response == policy.abstain_text and meta["action"] == "abstain"
+    assert [s["outcome"] for s in meta["trail"]] == ["escalated", "target_used", "exhausted"]
+
+
+def test_failing_escalation_falls_through_to_the_next_tier_and_is_recorded(result_factory: Any) -> None:
+    inner = ScriptedEngine("Maybe Ada.", result_factory(0.6))
+    broken = ScriptedEngine("", fail=True)
+    policy = RoutingPolicy(
+        [Tier(0.8, Action.ACCEPT), Tier(0.5, Action.ESCALATE, "wide"), Tier(0.0, Action.REJECT)]
+    )
+    response = ConfidenceGuardQueryEngine(inner, policy, escalations={"wide": broken}).query(QUESTION)
+    meta = _g(response)
+    assert broken.calls == [QUESTION]
+    assert meta["action"] == "reject"  # tier 1 failed, so tier 2's action applies
+    assert [s["outcome"] for s in meta["trail"]] == ["target_error", "rejected"]
+    assert "retriever down" in meta["trail"][0]["error"]
+    assert meta["target"] is None and meta["score"]["confidence"] == pytest.approx(0.6)
+
+
+def test_missing_escalation_target_falls_through(result_factory: Any) -> None:
+    inner = ScriptedEngine("Maybe.", result_factory(0.6))
+    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.5, Action.ESCALATE, "nowhere"), Tier(0.0, Action.ABSTAIN)])
+    meta = _g(ConfidenceGuardQueryEngine(inner, policy).query(QUESTION))
+    assert [s["outcome"] for s in meta["trail"]] == ["target_missing", "abstained"]
+
+
+def test_escalation_to_human_review_queues_the_original_answer(tmp_path: Any, result_factory: Any) -> None:
+    queue = SQLiteReviewQueue(tmp_path / "review.sqlite3")
+    inner = ScriptedEngine("Maybe Ada.", result_factory(0.3))
+    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "human")])
+    guard = ConfidenceGuardQueryEngine(inner, policy, escalations={"human": human_review_target(queue)})
+    response = guard.query(QUESTION)
+    meta = _g(response)
+    assert meta["action"] == "abstain" and meta["review_id"]
+    assert response.response == policy.abstain_text
+    item = queue.get(meta["review_id"])
+    assert (item.question, item.answer, item.status) == (QUESTION, "Maybe Ada.", "pending")
+    assert item.confidence == pytest.approx(0.3)  # the original score, not a signal-derived value
+    assert item.metadata["score"]["uncertainty"]["hybridgrad"] == pytest.approx(0.01)
+
+
+def test_escalation_to_a_custom_callable(result_factory: Any) -> None:
+    seen: list[tuple[str, str, Any]] = []
+
+    def oracle(question: str, answer: str, result: ScoreResult | None) -> EscalationResult:
+        seen.append((question, answer, result))
+        return EscalationResult("Checked: Ada Lovelace.", result_factory(0.99))
+
+    inner = ScriptedEngine("Maybe Ada.", result_factory(0.3))
+    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "oracle")])
+    response = ConfidenceGuardQueryEngine(inner, policy, escalations={"oracle": oracle}).query(QUESTION)
+    assert response.response == "Checked: Ada Lovelace." and _g(response)["target"] == "oracle"
+    assert seen[0][:2] == (QUESTION, "Maybe Ada.") and seen[0][2].confidence == pytest.approx(0.3)
+
+
+def test_escalation_to_a_larger_llm_reanswers_over_the_same_nodes(
+    result_factory: Any, li_other_scorer: GradScorer
+) -> None:
+    inner = ScriptedEngine("Not sure.", result_factory(0.2), nodes=2)
+    big = GradguardLLM(scorer=li_other_scorer, max_new_tokens=5)
+    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "big")])
+
+    def trust_the_big_model(result: ScoreResult) -> float | None:
+        return 1.0 if result.model == li_other_scorer.model_name else result.confidence
+
+    guard = ConfidenceGuardQueryEngine(inner, policy, escalations={"big": big}, signal=trust_the_big_model)
+    with capture_scores() as captured:
+        response = guard.query(QUESTION)
+    meta = _g(response)
+    assert meta["action"] == "accept" and meta["target"] == "big" and meta["score_source"] == "llm"
+    assert meta["score"]["model"] == li_other_scorer.model_name
+    assert [n.node.get_content() for n in response.source_nodes] == DOCS[:2]
+    # The big model answered over the retrieved context, not the bare question ...
+    messages = _qa_messages(QUESTION, DOCS[:2])
+    big_result = captured[-1].result
+    assert big_result.n_prompt_tokens == len(li_other_scorer.prompt_ids(messages))
+    # ... and the reported score is the teacher-forced score of that answer to that prompt.
+    expected = li_other_scorer.score(messages, list(big_result.token_ids))
+    assert meta["score"]["uncertainty"]["hybridgrad"] == pytest.approx(expected.hybridgrad, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------- fail closed
+
+
+def test_missing_score_is_unconfident(result_factory: Any) -> None:
+    inner = ScriptedEngine("Ada.", result=None)
+    policy = RoutingPolicy([Tier(0.5, Action.ACCEPT), Tier(0.0, Action.ABSTAIN)])
+    response = ConfidenceGuardQueryEngine(inner, policy).query(QUESTION)
+    meta = _g(response)
+    assert response.response == policy.abstain_text and meta["action"] == "abstain"
+    assert meta["score_source"] == "missing" and meta["score"]["scored"] is False
+    assert "no scorer" in meta["score"]["error"]
+    assert meta["confidence"] is None and "uncalibrated" in meta["reason"]
+
+
+def test_a_score_for_a_different_text_is_not_used(result_factory: Any) -> None:
+    inner = ScriptedEngine("Ada.", result_factory(0.99), scored_text="Something else entirely.")
+    meta = _g(ConfidenceGuardQueryEngine(inner, RoutingPolicy.threshold(0.5)).query(QUESTION))
+    assert meta["action"] == "abstain" and meta["score_source"] == "missing"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"empty": True},  # empty answer: NaN scores
+        {"confidence": math.nan},
+        {"confidence": None},  # uncalibrated
+        {"hybridgrad": math.nan},
+    ],
+)
+def test_unscored_nan_or_uncalibrated_is_unconfident(kwargs: dict[str, Any], result_factory: Any) -> None:
+    args = {"confidence": 0.99, **kwargs}
+    conf = args.pop("confidence")
+    inner = ScriptedEngine("Ada.", result_factory(conf, **args))
+    response = ConfidenceGuardQueryEngine(inner, RoutingPolicy.threshold(0.5)).query(QUESTION)
+    assert _g(response)["action"] == "abstain" and response.response == "I don't know."
+
+
+def test_nan_raw_score_fails_the_uncertainty_signal(result_factory: Any) -> None:
+    inner = ScriptedEngine("Ada.", result_factory(None, hybridgrad=math.nan))
+    guard = ConfidenceGuardQueryEngine(inner, RoutingPolicy.threshold(0.5), signal="hybridgrad", max_uncertainty=1.0)
+    assert _g(guard.query(QUESTION))["action"] == "abstain"
+
+
+def test_a_signal_function_that_raises_is_unconfident(result_factory: Any) -> None:
+    def broken(result: ScoreResult) -> float:
+        raise ValueError("boom")
+
+    inner = ScriptedEngine("Ada.", result_factory(0.99))
+    assert _g(ConfidenceGuardQueryEngine(inner, RoutingPolicy.threshold(0.5), signal=broken).query(QUESTION))["action"] == "abstain"
+
+
+# ---------------------------------------------------------------------------- signals on uncalibrated models
+
+
+def test_raw_uncertainty_signal_draws_the_line(result_factory: Any) -> None:
+    inner = ScriptedEngine("Ada.", result_factory(None, hybridgrad=0.01))
+    policy = RoutingPolicy.threshold(0.5)
+    ok = ConfidenceGuardQueryEngine(inner, policy, signal="hybridgrad", max_uncertainty=0.02).query(QUESTION)
+    no = ConfidenceGuardQueryEngine(inner, policy, signal="hybridgrad", max_uncertainty=0.005).query(QUESTION)
+    assert _g(ok)["action"] == "accept" and _g(ok)["signal"] == "hybridgrad <= 0.02"
+    assert _g(no)["action"] == "abstain"
+    # The reported score keeps the real (absent) calibrated confidence.
+    assert _g(ok)["score"]["confidence"] is None
+
+
+def test_signal_validation_and_values(result_factory: Any) -> None:
+    r = result_factory(0.7, hybridgrad=0.03)
+    assert Signal.confidence()(r) == pytest.approx(0.7)
+    assert Signal.uncertainty("hybridgrad", 0.05)(r) == 1.0
+    assert Signal.uncertainty("hybridgrad", 0.01)(r) == 0.0
+    assert Signal.uncertainty("semgrad", 0.05)(result_factory(0.7, empty=True)) is None
+    assert apply_signal(lambda _: 7.0, r) == 1.0 and apply_signal(lambda _: -1, r) == 0.0
+    assert apply_signal(lambda _: "high", r) is None and apply_signal(lambda _: math.inf, r) is None
+    with pytest.raises(GradguardLlamaIndexError, match="needs a finite max_uncertainty"):
+        Signal.from_options("hybridgrad")
+    with pytest.raises(GradguardLlamaIndexError, match="signal='confidence'"):
+        Signal.from_options("confidence", 0.1)
+    with pytest.raises(GradguardLlamaIndexError, match="'hybrid' is not known"):
+        Signal.from_options("hybrid", 0.1)
+
+
+# ---------------------------------------------------------------------------- real LLM, real indices
+
+
+def _qa_messages(question: str, texts: list[str]) -> list[dict[str, str]]:
+    chat = CHAT_TEXT_QA_PROMPT.format_messages(context_str="\n\n".join(texts), query_str=question)
+    return [{"role": m.role.value, "content": m.content} for m in chat]
+
+
+def test_score_comes_from_the_gradguard_llm_that_answered(tiny_llm: GradguardLLM, li_scorer: GradScorer) -> None:
+    engine = SummaryIndex([Document(text=DOCS[0])]).as_query_engine(llm=tiny_llm)
+    with capture_scores() as captured:
+        response = ConfidenceGuardQueryEngine(engine, RoutingPolicy.threshold(0.5)).query(QUESTION)
+    meta = _g(response)
+    assert meta["score_source"] == "llm" and meta["score"]["scored"] is True
+    assert meta["action"] == "abstain"  # uncalibrated model + confidence signal: fail closed
+    # It is the score of the answer to the QA prompt the engine sent.
+    [llm_score] = captured
+    messages = _qa_messages(QUESTION, [DOCS[0]])
+    assert llm_score.result.n_prompt_tokens == len(li_scorer.prompt_ids(messages))
+    expected = li_scorer.score(messages, list(llm_score.result.token_ids))
+    assert meta["score"]["uncertainty"]["hybridgrad"] == pytest.approx(expected.hybridgrad, rel=1e-4)
+
+
+def test_rescoring_when_the_llm_attaches_no_score(li_scorer: GradScorer) -> None:
+    engine = SummaryIndex([Document(text=DOCS[0])]).as_query_engine(llm=MockLLM(max_tokens=3))
+    expected = li_scorer.score(_qa_messages(QUESTION, [DOCS[0]]), "text text text")
+    policy = RoutingPolicy.threshold(0.5)
+    accept = ConfidenceGuardQueryEngine(
+        engine, policy, scorer=li_scorer, signal="hybridgrad", max_uncertainty=expected.hybridgrad * 1.01
+    ).query(QUESTION)
+    meta = _g(accept)
+    assert meta["score_source"] == "rescored" and meta["action"] == "accept"
+    assert meta["score"]["uncertainty"]["hybridgrad"] == pytest.approx(expected.hybridgrad, rel=1e-5)
+    abstain = ConfidenceGuardQueryEngine(
+        engine, policy, scorer=li_scorer, signal="hybridgrad", max_uncertainty=expected.hybridgrad * 0.99
+    ).query(QUESTION)
+    assert _g(abstain)["action"] == "abstain"
+
+
+def test_rescoring_failure_is_unconfident(li_scorer: GradScorer) -> None:
+    engine = SummaryIndex([Document(text="x" * 1500)]).as_query_engine(llm=MockLLM(max_tokens=3))
+    guard = ConfidenceGuardQueryEngine(engine, RoutingPolicy.threshold(0.5), scorer=li_scorer, signal="hybridgrad", max_uncertainty=1e9)
+    meta = _g(guard.query(QUESTION))
+    assert meta["action"] == "abstain" and meta["score_source"] == "missing"
+    assert "ContextLengthError" in meta["score"]["error"]
+
+
+def test_wider_retrieval_escalation_on_a_vector_index(tiny_llm: GradguardLLM) -> None:
+    index = VectorStoreIndex.from_documents([Document(text=t) for t in DOCS], embed_model=MockEmbedding(embed_dim=8))
+    narrow = index.as_query_engine(llm=tiny_llm, similarity_top_k=1)
+    wide = index.as_query_engine(llm=tiny_llm, similarity_top_k=3)
+    narrow_prompt = _prompt_tokens(narrow)
+    assert _prompt_tokens(wide) > narrow_prompt
+
+    # The tiny model is uncalibrated: decide on a signal the test controls (more context => confident).
+    def more_context(result: ScoreResult) -> float:
+        return 1.0 if result.n_prompt_tokens > narrow_prompt else 0.0
+
+    policy = RoutingPolicy([Tier(0.5, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "wide")])
+    guard = ConfidenceGuardQueryEngine(narrow, policy, escalations={"wide": wide}, signal=more_context)
+    response = guard.query(QUESTION)
+    meta = _g(response)
+    assert meta["action"] == "accept" and meta["target"] == "wide" and meta["score_source"] == "llm"
+    assert len(response.source_nodes) == 3
+    assert [s["outcome"] for s in meta["trail"]] == ["escalated", "accepted"]
+    assert meta["trail"][0]["confidence"] == 0.0
+    # Without the wide engine the same question abstains.
+    alone = ConfidenceGuardQueryEngine(narrow, policy, signal=more_context).query(QUESTION)
+    assert _g(alone)["action"] == "abstain" and alone.source_nodes == []
+
+
+def _prompt_tokens(engine: BaseQueryEngine) -> int:
+    with capture_scores() as captured:
+        engine.query(QUESTION)
+    return captured[-1].result.n_prompt_tokens
+
+
+def test_streaming_inner_engine_is_drained_and_scored(tiny_llm: GradguardLLM) -> None:
+    engine = SummaryIndex([Document(text=DOCS[0])]).as_query_engine(llm=tiny_llm, streaming=True)
+    guard = ConfidenceGuardQueryEngine(engine, RoutingPolicy.threshold(0.5), signal="hybridgrad", max_uncertainty=1e9)
+    response = guard.query(QUESTION)
+    assert isinstance(response, Response)
+    meta = _g(response)
+    assert meta["score_source"] == "llm" and meta["action"] == "accept" and response.response
+
+
+# ---------------------------------------------------------------------------- async, concurrency, tools
+
+
+def test_aquery_routes_like_query(result_factory: Any, tiny_llm: GradguardLLM) -> None:
+    narrow = ScriptedEngine("Not sure.", result_factory(0.4))
+    wide = ScriptedEngine("Ada Lovelace.", result_factory(0.9), nodes=3)
+    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "wide")])
+    guard = ConfidenceGuardQueryEngine(narrow, policy, escalations={"wide": wide})
+    real = ConfidenceGuardQueryEngine(
+        SummaryIndex([Document(text=DOCS[0])]).as_query_engine(llm=tiny_llm),
+        RoutingPolicy.threshold(0.5),
+        signal="hybridgrad",
+        max_uncertainty=1e9,
+    )
+
+    async def run() -> tuple[Any, Any]:
+        return await guard.aquery(QUESTION), await real.aquery(QUESTION)
+
+    scripted, live = asyncio.run(run())
+    assert scripted.response == "Ada Lovelace." and _g(scripted)["target"] == "wide"
+    assert _g(live)["score_source"] == "llm" and _g(live)["action"] == "accept"
+
+
+def test_concurrent_queries_are_serialised_and_keep_their_own_scores(
+    tiny_llm: GradguardLLM, li_scorer: GradScorer
+) -> None:
+    engine = SummaryIndex([Document(text=DOCS[0])]).as_query_engine(llm=tiny_llm)
+    guard = ConfidenceGuardQueryEngine(engine, RoutingPolicy.threshold(0.5), signal="hybridgrad", max_uncertainty=1e9)
+    questions = ["Who wrote it?", "When?", "Which report?", "Why?"]
+    expected = {q: _g(guard.query(q))["score"]["uncertainty"]["hybridgrad"] for q in questions}
+    assert len(set(expected.values())) == len(questions)
+
+    model = li_scorer.model
+    original = model.generate
+    state = {"active": 0, "max": 0}
+    lock = threading.Lock()
+
+    def counting_generate(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            state["active"] += 1
+            state["max"] = max(state["max"], state["active"])
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                state["active"] -= 1
+
+    got: dict[str, float] = {}
+    model.generate = counting_generate
+    try:
+        threads = [
+            threading.Thread(target=lambda q=q: got.__setitem__(q, _g(guard.query(q))["score"]["uncertainty"]["hybridgrad"]))
+            for q in questions
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        del model.generate
+    assert state["max"] == 1
+    assert got.keys() == expected.keys()
+    for q in questions:
+        assert got[q] == pytest.approx(expected[q], rel=1e-5)
+
+
+def test_tool_output_carries_the_verdict(result_factory: Any) -> None:
+    good = ConfidenceGuardQueryEngine(ScriptedEngine("Ada Lovelace.", result_factory(0.91)), RoutingPolicy.threshold(0.8))
+    bad = ConfidenceGuardQueryEngine(ScriptedEngine("A guess.", result_factory(0.2)), RoutingPolicy.threshold(0.8))
+    tool = good.as_tool(name="reports", description="Company reports.")
+    assert tool.metadata.name == "reports"
+    out = tool.call(QUESTION)
+    assert out.content.startswith("Ada Lovelace.")
+    assert "action=accept" in out.content and "confidence=0.91" in out.content
+    assert out.raw_output.metadata["gradguard"]["action"] == "accept"
+    bad_out = asyncio.run(bad.as_tool().acall(input=QUESTION))
+    assert bad_out.content.startswith("I don't know.") and "action=abstain" in bad_out.content
+    assert "A guess." not in bad_out.content
+
+
+# ---------------------------------------------------------------------------- configuration errors
+
+
+def test_bad_configuration_names_the_value_and_the_fix(result_factory: Any) -> None:
+    inner = ScriptedEngine("x", result_factory(0.9))
+    with pytest.raises(GradguardLlamaIndexError, match="not a LlamaIndex query engine"):
+        ConfidenceGuardQueryEngine("engine")  # type: ignore[arg-type]
+    with pytest.raises(GradguardLlamaIndexError, match="RoutingPolicy"):
+        ConfidenceGuardQueryEngine(inner, 0.8)  # type: ignore[arg-type]
+    with pytest.raises(GradguardLlamaIndexError, match="needs a finite max_uncertainty"):
+        ConfidenceGuardQueryEngine(inner, signal="hybridgrad")
+    with pytest.raises(GradguardLlamaIndexError, match="max_uncertainty=0.1 goes with"):
+        ConfidenceGuardQueryEngine(inner, signal=Signal.confidence(), max_uncertainty=0.1)
+    with pytest.raises(GradguardLlamaIndexError, match=r"escalations\['wide'\]=42"):
+        ConfidenceGuardQueryEngine(inner, escalations={"wide": 42})  # type: ignore[dict-item]
+
+
+def test_llm_escalation_without_retrieved_nodes_asks_the_bare_question(
+    result_factory: Any, li_other_scorer: GradScorer
+) -> None:
+    inner = ScriptedEngine("Not sure.", result_factory(0.2), nodes=0)
+    big = GradguardLLM(scorer=li_other_scorer, max_new_tokens=4)
+    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "big")])
+
+    def big_is_confident(result: ScoreResult) -> float:
+        return 1.0 if result.model == li_other_scorer.model_name else 0.0
+
+    guard = ConfidenceGuardQueryEngine(inner, policy, escalations={"big": big}, signal=big_is_confident)
+    with capture_scores() as captured:
+        response = guard.query(QUESTION)
+    meta = _g(response)
+    assert meta["target"] == "big" and meta["score_source"] == "llm" and meta["action"] == "accept"
+    assert response.response == captured[-1].text
+    assert captured[-1].result.n_prompt_tokens == len(li_other_scorer.prompt_ids([{"role": "user", "content": QUESTION}]))
+
+
+def test_prompts_of_the_wrapped_engine_are_reachable(li_scorer: GradScorer) -> None:
+    engine = SummaryIndex([Document(text=DOCS[0])]).as_query_engine(llm=MockLLM())
+    guard = ConfidenceGuardQueryEngine(engine, scorer=li_scorer)
+    prompts = guard.get_prompts()
+    assert any(k.startswith("query_engine:") and k.endswith("text_qa_template") for k in prompts)
