@@ -1,0 +1,97 @@
+"""gradguard for LangChain (``pip install 'gradguard[langchain]'``).
+
+- :class:`ChatGradguard`: a chat model over a local Hugging Face model; every answer carries
+  ``response_metadata["gradguard"]`` (confidence and uncertainties; larger uncertainty = less
+  confident), and OpenAI-style ``logprobs`` on request.
+- :class:`GradguardCallbackHandler` / :func:`gradguard_callback`: score the answers of a model
+  you already host with ``langchain_huggingface`` (``ChatHuggingFace``).
+- :class:`ConfidenceGuardParser`: an output parser that raises, abstains or annotates when an
+  answer is unconfident (fails closed on unscored answers).
+- :class:`ConfidenceRouter`: a Runnable that accepts, abstains, rejects or escalates (to a
+  retrieval chain, a larger model, human review) by a :class:`~gradguard.routing.RoutingPolicy`.
+
+See ``docs/langchain.md``.
+"""
+
+from __future__ import annotations
+
+from gradguard.errors import GradguardError
+
+
+class MissingDependencyError(GradguardError, ImportError):
+    """An optional dependency of an integration is not installed."""
+
+
+try:
+    import langchain_core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError(
+        "gradguard.integrations.langchain needs langchain-core; install it with: pip install 'gradguard[langchain]'"
+    ) from exc
+
+from gradguard.integrations.langchain.callbacks import (  # noqa: E402
+    GradguardCallbackHandler,
+    ScoreRecord,
+    UnknownRunError,
+    gradguard_callback,
+)
+from gradguard.integrations.langchain.chat_model import ChatGradguard, ChatInputError, to_chat_dicts  # noqa: E402
+from gradguard.integrations.langchain.metadata import (  # noqa: E402
+    GRADGUARD_KEY,
+    GUARD_KEY,
+    ROUTE_KEY,
+    SIGNALS,
+    GuardConfigError,
+    GuardSignal,
+    is_scored,
+    read_metadata,
+    result_for,
+)
+from gradguard.integrations.langchain.parsers import (  # noqa: E402
+    ConfidenceGuardParser,
+    GuardedText,
+    GuardVerdict,
+    LowConfidenceError,
+)
+from gradguard.integrations.langchain.router import (  # noqa: E402
+    ROUTE_EVENT,
+    AnswerRejectedError,
+    ConfidenceRouter,
+    RouterInputError,
+    answer_and_result,
+    chat_model_target,
+    human_review_target,
+    runnable_target,
+)
+
+__all__ = [
+    "ChatGradguard",
+    "ChatInputError",
+    "to_chat_dicts",
+    "GradguardCallbackHandler",
+    "ScoreRecord",
+    "UnknownRunError",
+    "gradguard_callback",
+    "ConfidenceGuardParser",
+    "GuardVerdict",
+    "GuardedText",
+    "LowConfidenceError",
+    "ConfidenceRouter",
+    "AnswerRejectedError",
+    "RouterInputError",
+    "ROUTE_EVENT",
+    "answer_and_result",
+    "chat_model_target",
+    "runnable_target",
+    "human_review_target",
+    "GRADGUARD_KEY",
+    "GUARD_KEY",
+    "ROUTE_KEY",
+    "SIGNALS",
+    "GuardConfigError",
+    "GuardSignal",
+    "MissingDependencyError",
+    "is_scored",
+    "read_metadata",
+    "result_for",
+]

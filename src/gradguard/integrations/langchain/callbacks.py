@@ -1,0 +1,268 @@
+"""``GradguardCallbackHandler``: score the completions of a chat model you already host (e.g. ``ChatHuggingFace``)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.tracers.context import register_configure_hook
+from pydantic import BaseModel, ConfigDict, Field
+
+from gradguard.errors import GradguardError
+from gradguard.integrations.langchain.chat_model import to_chat_dicts
+from gradguard.integrations.langchain.metadata import (
+    GRADGUARD_KEY,
+    is_scored,
+    read_metadata,
+    remember_result,
+    result_for,
+    unscored_metadata,
+)
+from gradguard.result import ScoreResult
+from gradguard.scorer import GradScorer
+
+__all__ = ["GradguardCallbackHandler", "ScoreRecord", "UnknownRunError", "gradguard_callback"]
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownRunError(GradguardError, KeyError):
+    """No score was recorded for the given run id."""
+
+
+class ScoreRecord(BaseModel):
+    """The score of one completion seen by a :class:`GradguardCallbackHandler`.
+
+    ``metadata`` is the shared ``response_metadata["gradguard"]`` dict; ``result`` the full
+    :class:`~gradguard.ScoreResult` (``None`` when scoring failed, then ``error`` says why
+    and ``scored`` is False: treat the answer as unconfident).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: UUID
+    index: int = Field(0, description="Index of the generation within the run.")
+    messages: list[dict[str, str]] | None = Field(None, description="The prompt as chat messages; None if unknown.")
+    response: str
+    metadata: dict[str, Any]
+    result: ScoreResult | None = None
+    error: str | None = None
+
+    @property
+    def scored(self) -> bool:
+        """True when the completion has finite scores."""
+        return is_scored(self.metadata)
+
+
+def _scorer_from(llm: Any) -> GradScorer:
+    """A scorer over the model and tokenizer of a ``ChatHuggingFace``, ``HuggingFacePipeline`` or pipeline."""
+    inner = getattr(llm, "llm", llm)  # ChatHuggingFace -> HuggingFacePipeline
+    pipe = getattr(inner, "pipeline", inner)  # HuggingFacePipeline -> transformers pipeline
+    model = getattr(pipe, "model", None)
+    tokenizer = getattr(llm, "tokenizer", None) or getattr(pipe, "tokenizer", None)
+    if model is None or tokenizer is None or not hasattr(model, "generate"):
+        raise GradguardError(
+            f"cannot find a local Hugging Face model and tokenizer in {type(llm).__name__}; pass a ChatHuggingFace "
+            "over a HuggingFacePipeline, or build GradguardCallbackHandler(scorer=GradScorer(model, tokenizer))"
+        )
+    name = getattr(inner, "model_id", None) or getattr(llm, "model_id", None)
+    return GradScorer(model, tokenizer, model_name=name if isinstance(name, str) else None)
+
+
+class GradguardCallbackHandler(BaseCallbackHandler):
+    """Scores every chat completion of the runs it watches and attaches the score to the message.
+
+    Made for applications that host their model with ``langchain_huggingface``
+    (``ChatHuggingFace`` over a local ``HuggingFacePipeline``): the handler records the
+    messages at ``on_chat_model_start``, scores the completion teacher-forced at
+    ``on_llm_end`` with a :class:`~gradguard.GradScorer` over the same model, sets
+    ``message.response_metadata["gradguard"]`` (same schema as ``ChatGradguard``; larger
+    uncertainty = less confident) and keeps a thread-safe record by run id.
+
+    It never raises into the chain: a completion that cannot be scored is recorded with
+    ``scored=False`` and an ``error``, and guards treat it as unconfident. When the chain
+    streams, the chunks are already gone when the score is known: read it from
+    :meth:`record`. Completions that already carry a gradguard score (from
+    ``ChatGradguard``) are recorded, not scored again.
+
+    Build it with ``GradguardCallbackHandler(scorer)`` or
+    ``GradguardCallbackHandler.from_chat_model(chat_hf)``.
+    """
+
+    raise_error: bool = False
+
+    def __init__(self, scorer: GradScorer | None = None, *, attach: bool = True, max_records: int | None = 10_000) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.attach = attach
+        self.max_records = max_records
+        self._lock = threading.Lock()
+        self._prompts: dict[UUID, list[BaseMessage]] = {}
+        self._records: dict[UUID, list[ScoreRecord]] = {}
+        self._order: dict[tuple[UUID, int], int] = {}
+        self._counter = itertools.count()
+
+    @classmethod
+    def from_chat_model(cls, llm: Any, **kwargs: Any) -> GradguardCallbackHandler:
+        """A handler scoring with the model inside a ``ChatHuggingFace`` / ``HuggingFacePipeline``."""
+        return cls(_scorer_from(llm), **kwargs)
+
+    # --- reading the records ---------------------------------------------------------------------
+
+    @property
+    def records(self) -> dict[UUID, list[ScoreRecord]]:
+        """A snapshot of every record, by run id (one record per generation of the run)."""
+        with self._lock:
+            return {k: list(v) for k, v in self._records.items()}
+
+    def record(self, run_id: UUID | str) -> ScoreRecord:
+        """The record of the (first) completion of run ``run_id``; raises :class:`UnknownRunError`."""
+        key = UUID(str(run_id))
+        with self._lock:
+            found = self._records.get(key)
+        if not found:
+            raise UnknownRunError(
+                f"no completion of run {run_id} was scored by this handler; pass the handler in the run's "
+                "config (config={'callbacks': [handler]}) or use `with gradguard_callback(...)`"
+            )
+        return found[0]
+
+    def all_records(self) -> list[ScoreRecord]:
+        """Every record, in the order the completions ended."""
+        with self._lock:
+            return sorted((r for v in self._records.values() for r in v), key=lambda r: self._order[(r.run_id, r.index)])
+
+    # --- callbacks --------------------------------------------------------------------------------
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Remember the prompt of the run (one message list per chat-model run)."""
+        if messages:
+            with self._lock:
+                self._prompts[run_id] = list(messages[0])
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """Forget the prompt of a run that failed (nothing to score)."""
+        with self._lock:
+            self._prompts.pop(run_id, None)
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """Score each completion of the run and attach its metadata; never raises."""
+        with self._lock:
+            prompt = self._prompts.pop(run_id, None)
+        generations = response.generations[0] if response.generations else []
+        for index, generation in enumerate(generations):
+            try:
+                record = self._score(run_id, index, prompt, generation)
+            except Exception as exc:  # noqa: BLE001 - the handler must never break the chain
+                logger.warning("gradguard could not score run %s: %s: %s", run_id, type(exc).__name__, exc)
+                record = ScoreRecord(
+                    run_id=run_id,
+                    index=index,
+                    response=getattr(generation, "text", "") or "",
+                    metadata=unscored_metadata(error=f"{type(exc).__name__}: {exc}"),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            self._attach(generation, record)
+            self._store(record)
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _score(self, run_id: UUID, index: int, prompt: list[BaseMessage] | None, generation: Any) -> ScoreRecord:
+        text = generation.text if isinstance(generation.text, str) else str(generation.text)
+        existing = read_metadata(generation) if isinstance(generation, ChatGeneration) else None
+        dicts = to_chat_dicts(prompt) if prompt is not None else None
+        if existing is not None:  # already scored (e.g. by ChatGradguard)
+            message = generation.message
+            return ScoreRecord(
+                run_id=run_id, index=index, messages=dicts, response=text, metadata=existing, result=result_for(message)
+            )
+        if dicts is None:
+            raise GradguardError(
+                "the handler saw no prompt for this run: it scores chat models (on_chat_model_start), "
+                "not plain LLMs; wrap the LLM in ChatHuggingFace"
+            )
+        if self.scorer is None:
+            raise GradguardError(
+                "the handler has no scorer; build it with GradguardCallbackHandler(GradScorer(model, tokenizer)) "
+                "or GradguardCallbackHandler.from_chat_model(chat_hf)"
+            )
+        response = self._strip_prompt(dicts, text)
+        result = self.scorer.score(dicts, response)
+        return ScoreRecord(
+            run_id=run_id, index=index, messages=dicts, response=response, metadata=result.metadata(), result=result
+        )
+
+    def _strip_prompt(self, dicts: list[dict[str, str]], text: str) -> str:
+        """The answer alone: pipelines with ``return_full_text=True`` echo the templated prompt first."""
+        assert self.scorer is not None
+        try:
+            prompt_text = self.scorer.tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - scoring itself reports template errors
+            return text
+        if isinstance(prompt_text, str) and prompt_text and text.startswith(prompt_text):
+            return text[len(prompt_text) :]
+        return text
+
+    def _attach(self, generation: Any, record: ScoreRecord) -> None:
+        message = getattr(generation, "message", None)
+        if message is None:
+            return
+        if self.attach and GRADGUARD_KEY not in message.response_metadata:
+            message.response_metadata[GRADGUARD_KEY] = record.metadata
+        if record.result is not None and isinstance(message.id, str):
+            remember_result(message.id, record.result)
+
+    def _store(self, record: ScoreRecord) -> None:
+        with self._lock:
+            self._records.setdefault(record.run_id, []).append(record)
+            self._order[(record.run_id, record.index)] = next(self._counter)
+            if self.max_records is not None:
+                while len(self._records) > self.max_records:
+                    oldest = next(iter(self._records))
+                    for old in self._records.pop(oldest):
+                        self._order.pop((old.run_id, old.index), None)
+
+
+_handler_var: ContextVar[GradguardCallbackHandler | None] = ContextVar("gradguard_callback", default=None)
+register_configure_hook(_handler_var, inheritable=True)
+
+
+@contextmanager
+def gradguard_callback(
+    scorer: GradScorer | None = None, *, llm: Any = None, handler: GradguardCallbackHandler | None = None
+) -> Iterator[GradguardCallbackHandler]:
+    """Score every chat-model run inside the ``with`` block.
+
+    ``with gradguard_callback(llm=chat_hf) as cb: chain.invoke(...)`` attaches a
+    :class:`GradguardCallbackHandler` to every LangChain run started in the block (threads
+    started by ``batch`` included) and yields it, so ``cb.records`` holds the scores. Pass
+    a ``scorer``, the hosted ``llm`` (``ChatHuggingFace``/``HuggingFacePipeline``), or a
+    ready ``handler``.
+    """
+    if handler is None:
+        if scorer is None and llm is not None:
+            scorer = _scorer_from(llm)
+        handler = GradguardCallbackHandler(scorer)
+    token = _handler_var.set(handler)
+    try:
+        yield handler
+    finally:
+        _handler_var.reset(token)
+
