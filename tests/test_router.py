@@ -113,7 +113,7 @@ def test_reject_never_carries_the_unguarded_answer() -> None:
 
 @pytest.mark.parametrize(
     ("result", "word"),
-    [(None, "uncalibrated"), (make_result(0.99, scored=False), "unscored"), (make_result(None), "uncalibrated"),
+    [(None, "unscored (no score)"), (make_result(0.99, scored=False), "unscored"), (make_result(None), "uncalibrated"),
      (make_result(math.nan), "unscored")],
 )
 def test_routing_fails_closed_without_a_usable_confidence(result: ScoreResult | None, word: str) -> None:
@@ -232,7 +232,7 @@ def test_unscored_escalation_result_is_treated_as_unconfident() -> None:
     out = router.route(Q, A, make_result(0.6))
     assert_well_formed(out)
     assert out.action is Action.REJECT and outcomes(out) == ["escalated", "rejected"]
-    assert out.trail[1].confidence is None and out.trail[1].reason.startswith("uncalibrated")
+    assert out.trail[1].confidence is None and out.trail[1].reason.startswith("unscored (no score)")
 
 
 # -- human review ----------------------------------------------------------------------------

@@ -140,10 +140,10 @@ def test_target_returning_an_unscored_answer_fails_closed() -> None:
 @pytest.mark.parametrize(
     "answerer, why",
     [
-        (RunnableLambda(lambda _: "a string answer"), "uncalibrated"),  # no score at all
+        (RunnableLambda(lambda _: "a string answer"), "unscored (no score)"),  # no score at all
         (answering(0.99, empty=True), "unscored"),  # NaN scores of an empty answer
         (answering(None), "uncalibrated"),
-        (RunnableLambda(lambda _: AIMessage("metadata only", response_metadata={"gradguard": {"confidence": 0.99}})), "uncalibrated"),
+        (RunnableLambda(lambda _: AIMessage("metadata only", response_metadata={"gradguard": {"confidence": 0.99}})), "unscored (no score)"),
     ],
 )
 def test_unscored_answers_go_to_the_floor_tier(answerer: RunnableLambda, why: str) -> None:

@@ -234,7 +234,7 @@ def test_missing_score_is_unconfident(result_factory: Any) -> None:
     assert response.response == policy.abstain_text and meta["action"] == "abstain"
     assert meta["score_source"] == "missing" and meta["score"]["scored"] is False
     assert "no scorer" in meta["score"]["error"]
-    assert meta["confidence"] is None and "uncalibrated" in meta["reason"]
+    assert meta["confidence"] is None and meta["reason"].startswith("unscored (no score)")
 
 
 def test_a_score_for_a_different_text_is_not_used(result_factory: Any) -> None:
@@ -294,7 +294,9 @@ def test_signal_validation_and_values(result_factory: Any) -> None:
     assert Signal.uncertainty("hybridgrad", 0.05)(r) == 1.0
     assert Signal.uncertainty("hybridgrad", 0.01)(r) == 0.0
     assert Signal.uncertainty("semgrad", 0.05)(result_factory(0.7, empty=True)) is None
-    assert apply_signal(lambda _: 7.0, r) == 1.0 and apply_signal(lambda _: -1, r) == 0.0
+    assert apply_signal(lambda _: 0.25, r) == 0.25
+    # Out of [0, 1] is unconfident, not clamped (a clamped 7.0 would have been accepted).
+    assert apply_signal(lambda _: 7.0, r) is None and apply_signal(lambda _: -1, r) is None
     assert apply_signal(lambda _: "high", r) is None and apply_signal(lambda _: math.inf, r) is None
     with pytest.raises(GradguardLlamaIndexError, match="needs a finite max_uncertainty"):
         Signal.from_options("hybridgrad")

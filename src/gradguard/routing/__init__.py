@@ -4,11 +4,19 @@ A :class:`RoutingPolicy` maps a calibrated confidence to an :class:`Action` thro
 descending :class:`Tier` s; a :class:`Router` applies it to an answer, running
 escalation targets (a bigger model, a human review queue) and recording every step
 in the outcome's trail. Routing fails closed: an answer without a usable confidence
-is treated as confidence 0.0. See ``docs/routing.md``.
+is treated as confidence 0.0. A :class:`GuardSignal` says which number of a score is
+decided on (the calibrated confidence, a raw uncertainty with a threshold, or a
+function). See ``docs/routing.md``.
 """
 
 from gradguard.routing.actions import Action
-from gradguard.routing.errors import RoutingError, RoutingInputError, RoutingPolicyError, RoutingPolicyWarning
+from gradguard.routing.errors import (
+    GuardSignalError,
+    RoutingError,
+    RoutingInputError,
+    RoutingPolicyError,
+    RoutingPolicyWarning,
+)
 from gradguard.routing.policy import DEFAULT_ABSTAIN_TEXT, Decision, RoutingPolicy, Tier, read_confidence
 from gradguard.routing.router import (
     EscalationResult,
@@ -18,6 +26,7 @@ from gradguard.routing.router import (
     TrailOutcome,
     TrailStep,
 )
+from gradguard.routing.signal import SIGNALS, GuardSignal, SignalReading
 
 __all__ = [
     "Action",
@@ -34,6 +43,10 @@ __all__ = [
     "RoutingPolicyError",
     "RoutingInputError",
     "RoutingPolicyWarning",
+    "GuardSignal",
+    "GuardSignalError",
+    "SignalReading",
+    "SIGNALS",
     "DEFAULT_ABSTAIN_TEXT",
     "read_confidence",
 ]

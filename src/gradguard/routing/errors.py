@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gradguard.errors import GradguardError
 
-__all__ = ["RoutingError", "RoutingPolicyError", "RoutingInputError", "RoutingPolicyWarning"]
+__all__ = ["RoutingError", "RoutingPolicyError", "RoutingInputError", "RoutingPolicyWarning", "GuardSignalError"]
 
 
 class RoutingError(GradguardError):
@@ -21,3 +21,8 @@ class RoutingInputError(RoutingError, TypeError):
 
 class RoutingPolicyWarning(UserWarning):
     """A saved policy had keys this version does not know; they were ignored."""
+
+
+class GuardSignalError(RoutingPolicyError):
+    """A guard signal was configured wrongly: an unknown score name, a raw uncertainty without
+    ``max_uncertainty``, or an unusable threshold (the message names the bad value and the fix)."""

@@ -14,10 +14,13 @@ from gradguard.routing._models import RoutingModel
 from gradguard.routing.actions import Action
 from gradguard.routing.errors import RoutingInputError, RoutingPolicyError, RoutingPolicyWarning
 
-__all__ = ["Tier", "RoutingPolicy", "Decision", "DEFAULT_ABSTAIN_TEXT", "read_confidence"]
+__all__ = ["Tier", "RoutingPolicy", "Decision", "DEFAULT_ABSTAIN_TEXT", "UNSCORED_NO_SCORE", "read_confidence"]
 
 #: What an abstaining (or rejecting) guard returns instead of the answer.
 DEFAULT_ABSTAIN_TEXT = "I don't know."
+
+#: Why an answer that was never scored (``result=None``) has no usable confidence.
+UNSCORED_NO_SCORE = "unscored (no score)"
 
 
 class Tier(RoutingModel):
@@ -210,11 +213,14 @@ class RoutingPolicy(RoutingModel):
         ``from_tier`` skips the tiers above it (the router uses it when a tier's
         escalation could not run, so that the next tier down applies).
         """
+        return self._decide(*read_confidence(confidence), from_tier=from_tier)
+
+    def _decide(self, value: float | None, why: str | None, *, from_tier: int = 0) -> Decision:
+        """The decision for a confidence already read (``value``, or ``None`` and ``why`` there is none)."""
         if isinstance(from_tier, bool) or not isinstance(from_tier, int) or not 0 <= from_tier < len(self.tiers):
             raise RoutingPolicyError(
                 f"from_tier={from_tier!r} is not a tier index of this policy; use 0..{len(self.tiers) - 1}"
             )
-        value, why = read_confidence(confidence)
         effective = 0.0 if value is None else value
         natural = next(i for i, tier in enumerate(self.tiers) if effective >= tier.min_confidence)
         index = max(natural, from_tier)

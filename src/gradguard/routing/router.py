@@ -13,7 +13,7 @@ from gradguard.result import ScoreResult
 from gradguard.routing._models import RoutingModel
 from gradguard.routing.actions import Action
 from gradguard.routing.errors import RoutingInputError
-from gradguard.routing.policy import Decision, RoutingPolicy
+from gradguard.routing.policy import UNSCORED_NO_SCORE, Decision, RoutingPolicy
 
 __all__ = ["TrailStep", "EscalationResult", "EscalationTarget", "RouteOutcome", "Router", "TrailOutcome"]
 
@@ -205,7 +205,10 @@ class Router:
                 record(decision, TrailOutcome.EXHAUSTED)
                 return finish(Action.ABSTAIN, decision)
 
-            decision = policy.decide(result, from_tier=from_tier)
+            if result is None:  # never scored: say so, rather than "no confidence given"
+                decision = policy._decide(None, UNSCORED_NO_SCORE, from_tier=from_tier)
+            else:
+                decision = policy.decide(result, from_tier=from_tier)
             if decision.action is Action.ACCEPT:
                 record(decision, TrailOutcome.ACCEPTED)
                 return finish(Action.ACCEPT, decision)

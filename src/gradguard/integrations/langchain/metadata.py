@@ -17,16 +17,17 @@ missing metadata, ``scored=False`` or a NaN/None value is *unconfident*.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import model_validator
 
-from gradguard.errors import GradguardError
-from gradguard.result import UNCERTAINTY_KEYS, ScoreResult
+from gradguard.result import ScoreResult
+from gradguard.routing import GuardSignal as _CoreGuardSignal
+from gradguard.routing import GuardSignalError
+from gradguard.routing.signal import SIGNALS, SignalReading, is_scored, unscored_metadata
 
 __all__ = [
     "GRADGUARD_KEY",
@@ -51,34 +52,18 @@ GRADGUARD_KEY = "gradguard"
 GUARD_KEY = "gradguard_guard"
 #: Key of a :class:`~gradguard.integrations.langchain.ConfidenceRouter` outcome.
 ROUTE_KEY = "gradguard_route"
-#: The signals a guard can read: the calibrated confidence, or one raw uncertainty score.
-SIGNALS: tuple[str, ...] = ("confidence", *UNCERTAINTY_KEYS)
 
 
-class GuardConfigError(GradguardError, ValueError):
-    """A guard was configured with an unusable signal or threshold (the message names the value and the fix)."""
+class GuardConfigError(GuardSignalError):
+    """A guard was configured with an unusable signal or threshold (the message names the value and the fix).
+
+    A :class:`gradguard.routing.GuardSignalError`, so code that catches the core error catches it too.
+    """
 
 
 def score_metadata(result: ScoreResult) -> dict[str, Any]:
     """The shared metadata dict of one scored completion (JSON-able; NaN scores become ``None``)."""
     return result.metadata()
-
-
-def unscored_metadata(*, model: str | None = None, error: str) -> dict[str, Any]:
-    """The metadata of a completion that could not be scored: every score ``None``, ``scored`` False.
-
-    Guards treat it as unconfident; ``error`` says why it has no score.
-    """
-    return {
-        "confidence": None,
-        "uncertainty": dict.fromkeys(UNCERTAINTY_KEYS),
-        "model": model,
-        "profile": None,
-        "spt_offset": None,
-        "n_response_tokens": None,
-        "scored": False,
-        "error": error,
-    }
 
 
 def read_metadata(obj: Any) -> dict[str, Any] | None:
@@ -106,182 +91,53 @@ def read_metadata(obj: Any) -> dict[str, Any] | None:
     return None
 
 
-def _finite(value: Any) -> float | None:
-    """``value`` as a float when it is a finite real number (not a bool), else ``None``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+class GuardSignal(_CoreGuardSignal):
+    """The number a guard reads and the line it draws: :class:`gradguard.routing.GuardSignal`
+    (same fields, constructors and fail-closed reading), raising :class:`GuardConfigError`, plus
+    :meth:`read` for LangChain messages and generations.
 
-
-def is_scored(meta: Mapping[str, Any] | None) -> bool:
-    """True when ``meta`` describes a completion with finite gradient scores.
-
-    Uses the ``scored`` flag when present, else checks that every uncertainty is finite.
-    """
-    if not isinstance(meta, Mapping):
-        return False
-    if "scored" in meta:
-        return meta["scored"] is True
-    unc = meta.get("uncertainty")
-    if not isinstance(unc, Mapping):
-        return False
-    return all(_finite(unc.get(k)) is not None for k in ("hybridgrad", "semgrad", "paragrad", "exgrad"))
-
-
-class SignalReading(NamedTuple):
-    """What a guard read from one completion: whether it passes, the value read, and why."""
-
-    passed: bool
-    value: float | None
-    reason: str
-
-
-class GuardSignal(BaseModel):
-    """The number a guard reads and the line it draws.
-
-    - ``name="confidence"`` (default): the calibrated probability that the answer is
-      correct; the answer passes when ``confidence >= threshold`` (``threshold`` in [0, 1]).
-      On an uncalibrated model ``confidence`` is ``None`` and nothing passes.
+    - ``name="confidence"`` (default): the calibrated probability that the answer is correct;
+      the answer passes when ``confidence >= min_confidence`` (``threshold``, in [0, 1]). On an
+      uncalibrated model ``confidence`` is ``None`` and nothing passes.
     - ``name`` one of the raw uncertainties (``hybridgrad``, ``semgrad``, ``paragrad``,
-      ``exgrad``, ``g_nll``, ``mean_nll``, ``mean_entropy``): larger means **less**
-      confident; the answer passes when ``value <= threshold``. Use this on uncalibrated
-      models, with a threshold chosen on held-out data.
+      ``exgrad``, ``g_nll``, ``mean_nll``, ``mean_entropy``): larger means **less** confident;
+      the answer passes when ``value <= max_uncertainty``. Use this on uncalibrated models,
+      with a threshold chosen on held-out data.
+
+    ``threshold`` is the line either way (``GuardSignal(name="hybridgrad", threshold=0.02)``
+    still builds one, as in earlier versions).
 
     Fails closed: no metadata, ``scored=False``, or a missing/NaN value never passes.
-    Build it with :meth:`confidence` or :meth:`uncertainty`; bad values raise
-    :class:`GuardConfigError`.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    _error: ClassVar[type[GuardSignalError]] = GuardConfigError
 
-    name: str = "confidence"
-    threshold: float = 0.5
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise GuardConfigError(f"invalid GuardSignal {data!r}: {exc.errors()[0]['msg']}") from None
-        _check_signal(self.name, self.threshold)
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_threshold(cls, data: Any) -> Any:
+        """Keep ``GuardSignal(name=..., threshold=...)`` working: ``threshold`` is ``min_confidence``
+        for the confidence and ``max_uncertainty`` for a raw uncertainty."""
+        if isinstance(data, dict) and "threshold" in data:
+            data = dict(data)
+            key = "min_confidence" if data.get("name", "confidence") == "confidence" else "max_uncertainty"
+            if data.get(key) is not None:
+                raise cls._error(f"pass threshold or {key}, not both (they are the same line)")
+            data[key] = data.pop("threshold")
+        return data
 
     @classmethod
-    def confidence(cls, min_confidence: float = 0.5) -> GuardSignal:
-        """Pass answers whose calibrated confidence is at least ``min_confidence`` (in [0, 1])."""
-        return cls(name="confidence", threshold=min_confidence)
-
-    @classmethod
-    def uncertainty(cls, name: str, max_value: float) -> GuardSignal:
-        """Pass answers whose raw uncertainty ``name`` is at most ``max_value`` (larger = less confident)."""
-        return cls(name=name, threshold=max_value)
-
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        signal: str = "confidence",
-        min_confidence: float | None = None,
-        max_uncertainty: float | None = None,
-        owner: str = "guard",
-    ) -> GuardSignal:
-        """Build the signal from a component's ``signal``/``min_confidence``/``max_uncertainty`` options.
-
-        ``min_confidence`` goes with ``signal="confidence"``; ``max_uncertainty`` with a raw
-        uncertainty signal. Mixing them raises :class:`GuardConfigError` saying which to drop.
-        """
-        if signal not in SIGNALS:
-            raise GuardConfigError(f"{owner}: signal={signal!r} is not known; use one of {list(SIGNALS)}")
-        if signal == "confidence":
-            if max_uncertainty is not None:
-                raise GuardConfigError(
-                    f"{owner}: max_uncertainty={max_uncertainty!r} applies to a raw uncertainty signal, but "
-                    "signal='confidence'; set min_confidence instead, or choose signal='hybridgrad' (or another score)"
-                )
-            return cls.confidence(0.5 if min_confidence is None else min_confidence)
-        if min_confidence is not None:
-            raise GuardConfigError(
-                f"{owner}: min_confidence={min_confidence!r} applies to signal='confidence', but signal={signal!r}; "
-                f"set max_uncertainty (the largest acceptable {signal}) instead"
-            )
-        if max_uncertainty is None:
-            raise GuardConfigError(
-                f"{owner}: signal={signal!r} needs max_uncertainty, the largest acceptable {signal} "
-                "(larger = less confident); choose it on held-out data"
-            )
-        return cls.uncertainty(signal, max_uncertainty)
-
-    @property
-    def is_confidence(self) -> bool:
-        """True when the signal is the calibrated confidence (larger = more confident)."""
-        return self.name == "confidence"
-
-    def describe(self) -> str:
-        """A short human-readable rule, e.g. ``confidence >= 0.7`` or ``hybridgrad <= 0.02``."""
-        return f"{self.name} {'>=' if self.is_confidence else '<='} {self.threshold:g}"
-
-    def value(self, meta: Mapping[str, Any] | None) -> float | None:
-        """The signal's value in ``meta`` (a gradguard metadata dict), or ``None`` when missing/NaN/unscored."""
-        if not is_scored(meta):
-            return None
-        assert meta is not None
-        if self.is_confidence:
-            return _finite(meta.get("confidence"))
-        unc = meta.get("uncertainty")
-        return _finite(unc.get(self.name)) if isinstance(unc, Mapping) else None
+    def confidence(cls, min_confidence: float | None = 0.5) -> GuardSignal:
+        """Pass answers whose calibrated confidence is at least ``min_confidence`` (in [0, 1]; default 0.5)."""
+        return cls(name="confidence", min_confidence=min_confidence)
 
     def read(self, obj: Any) -> SignalReading:
         """Whether ``obj`` (message, generation, ScoreResult or metadata) passes, failing closed."""
+        if isinstance(obj, ScoreResult):
+            return self.check(obj)
         meta = read_metadata(obj)
         if meta is None:
             return SignalReading(False, None, "no gradguard score in the message metadata (unscored: fail closed)")
-        if not is_scored(meta):
-            why = meta.get("error") or "the answer has no finite score (e.g. an empty answer)"
-            return SignalReading(False, None, f"unscored: {why}")
-        value = self.value(meta)
-        if value is None:
-            if self.is_confidence:
-                return SignalReading(
-                    False,
-                    None,
-                    "no calibrated confidence (the model has no calibration profile); "
-                    "guard on a raw score instead, e.g. signal='hybridgrad' with max_uncertainty",
-                )
-            return SignalReading(False, None, f"{self.name} is missing or NaN")
-        passed = value >= self.threshold if self.is_confidence else value <= self.threshold
-        verb = "meets" if passed else "fails"
-        return SignalReading(passed, value, f"{self.name}={value:.6g} {verb} {self.describe()}")
-
-    def confidence_of(self, result: ScoreResult | None) -> float | None:
-        """A confidence in [0, 1] for routing policies.
-
-        For ``name="confidence"`` this is the calibrated confidence itself (``None`` when
-        uncalibrated or unscored). For a raw uncertainty it is 1.0 when the score passes
-        the threshold and 0.0 when it does not (``None`` when unscored): an uncalibrated
-        score has no probability scale, only the line drawn on it.
-        """
-        if result is None:
-            return None
-        reading = self.read(result)
-        if reading.value is None:
-            return None
-        if self.is_confidence:
-            return reading.value
-        return 1.0 if reading.passed else 0.0
-
-
-def _check_signal(name: str, threshold: float) -> None:
-    if name not in SIGNALS:
-        raise GuardConfigError(f"signal {name!r} is not known; use one of {list(SIGNALS)}")
-    if not math.isfinite(threshold):
-        raise GuardConfigError(f"threshold {threshold!r} for signal {name!r} is not a finite number; pass a real number")
-    if name == "confidence" and not 0.0 <= threshold <= 1.0:
-        raise GuardConfigError(
-            f"confidence threshold {threshold!r} is outside [0, 1]; a confidence is a probability, pass e.g. 0.7"
-        )
-    if name != "confidence" and threshold < 0.0:
-        raise GuardConfigError(
-            f"max {name} {threshold!r} is negative, but {name} is never negative; pass a threshold >= 0"
-        )
+        return self.check(meta)
 
 
 # --- in-process store of full ScoreResults, keyed by message id -------------------------------

@@ -8,7 +8,6 @@ run's callbacks (a ``gradguard_route`` custom event) and the escalation runs' ta
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -45,8 +44,6 @@ __all__ = [
     "human_review_target",
     "runnable_target",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: Name of the custom callback event a ConfidenceRouter dispatches with its outcome.
 ROUTE_EVENT = "gradguard_route"
@@ -204,7 +201,9 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
     The signal: the calibrated ``confidence`` by default. On an uncalibrated model set
     ``signal="hybridgrad", max_uncertainty=x``: answers with HybridGrad <= x count as
     confidence 1.0, the rest as 0.0 (so a threshold policy accepts exactly the former), or
-    give ``confidence_fn(result) -> float | None`` to map a score to a confidence yourself.
+    give ``confidence_fn(result) -> float | None`` to map a score to a confidence yourself (a
+    function that raises, or returns anything but a number in [0, 1], counts as unconfident).
+    The signal is a :class:`~gradguard.routing.GuardSignal` (:attr:`guard`).
 
     The output is an ``AIMessage``: the accepted answer, or the policy's ``abstain_text``.
     ``response_metadata["gradguard"]`` scores the last answer considered;
@@ -246,8 +245,10 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
                 "ConfidenceRouter: confidence_fn replaces signal/max_uncertainty; pass one or the other"
             )
         self._guard = GuardSignal.from_options(
-            signal=self.signal, max_uncertainty=self.max_uncertainty, owner="ConfidenceRouter"
-        ) if self.signal != "confidence" else GuardSignal.confidence(0.0)
+            self.confidence_fn if self.confidence_fn is not None else self.signal,
+            self.max_uncertainty,
+            owner="ConfidenceRouter",
+        )
         for name, target in self.targets.items():
             if isinstance(target, Runnable):
                 self._targets[name] = runnable_target(target, name=name)
@@ -277,23 +278,17 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
 
     # --- confidence ---------------------------------------------------------------------------------
 
-    def _confidence(self, result: ScoreResult) -> float | None:
-        if self.confidence_fn is not None:
-            try:
-                value = self.confidence_fn(result)
-            except Exception as exc:  # noqa: BLE001 - a broken confidence function must fail closed
-                logger.warning("confidence_fn raised %s: %s; treating the answer as unconfident", type(exc).__name__, exc)
-                return None
-            return value
-        return self._guard.confidence_of(result)
+    @property
+    def guard(self) -> GuardSignal:
+        """The signal the policy decides on (from ``signal``/``max_uncertainty`` or ``confidence_fn``)."""
+        return self._guard
 
     def _signal_info(self, result: ScoreResult | None) -> dict[str, Any]:
         if self.confidence_fn is not None:
             return {"name": "confidence_fn", "threshold": None, "value": None}
-        if self.signal == "confidence":
+        if self._guard.is_confidence:
             return {"name": "confidence", "threshold": None, "value": result.confidence if result is not None else None}
-        reading = self._guard.read(result) if result is not None else None
-        return {"name": self._guard.name, "threshold": self._guard.threshold, "value": reading.value if reading else None}
+        return {"name": self._guard.name, "threshold": self._guard.threshold, "value": self._guard.value(result)}
 
     # --- running ------------------------------------------------------------------------------------
 
@@ -307,12 +302,11 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
         answer, result = answer_and_result(first)
 
         originals: dict[int, tuple[ScoreResult, ScoreResult]] = {}
-        uses_mapping = self.confidence_fn is not None or self.signal != "confidence"
 
         def to_policy(res: ScoreResult | None) -> ScoreResult | None:
-            if res is None or not uses_mapping:
+            if res is None or self._guard.is_confidence:
                 return res
-            mapped = res.model_copy(update={"confidence": self._confidence(res)})
+            mapped = res.model_copy(update={"confidence": self._guard.confidence_of(res)})
             originals[id(mapped)] = (mapped, res)
             return mapped
 
@@ -333,8 +327,8 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
         outcome = router.route(question, answer, to_policy(result))
         final = original(outcome.result)
         route_meta = {**outcome.metadata(), "signal": self._signal_info(final)}
-        if self.confidence_fn is None and self.signal != "confidence" and final is not None:
-            reading = self._guard.read(final)
+        if self._guard.is_raw and final is not None:
+            reading = self._guard.check(final)
             counted = "1.0" if reading.passed else "0.0"
             route_meta["reason"] = f"{reading.reason}, counted as confidence {counted}; {outcome.decision.reason}"
         dispatch_custom_event(ROUTE_EVENT, route_meta, config=config)

@@ -31,9 +31,7 @@ from gradguard.integrations.llama_index.utils import (
     GradguardLlamaIndexError,
     Signal,
     SignalFn,
-    apply_signal,
     capture_scores,
-    describe_signal,
     messages_to_dicts,
     missing_score_metadata,
     same_answer,
@@ -167,18 +165,7 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
                 f"policy={policy!r} is not a gradguard RoutingPolicy; build one with RoutingPolicy.threshold(0.8) "
                 "or RoutingPolicy([Tier(...), ...])"
             )
-        if isinstance(signal, str):
-            signal = Signal.from_options(signal, max_uncertainty)
-        elif max_uncertainty is not None:
-            raise GradguardLlamaIndexError(
-                f"max_uncertainty={max_uncertainty!r} goes with signal='<score name>'; with a Signal or a function "
-                "as signal, put the threshold in it (e.g. Signal.uncertainty('hybridgrad', 0.02))"
-            )
-        if not callable(signal):
-            raise GradguardLlamaIndexError(
-                f"signal={signal!r} is not usable; pass 'confidence', a score name with max_uncertainty, "
-                "a Signal, or a function ScoreResult -> float | None"
-            )
+        guard_signal = Signal.from_options(signal, max_uncertainty)
         escalations = dict(escalations or {})
         for name, target in escalations.items():
             if not isinstance(name, str) or not (isinstance(target, (BaseQueryEngine, LLM)) or callable(target)):
@@ -200,7 +187,7 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
         self._query_engine = query_engine
         self._policy = policy
         self._escalations = escalations
-        self._signal: Signal | SignalFn = signal
+        self._signal: Signal = guard_signal
         self._scorer = scorer
         self._qa_template = qa_template or CHAT_TEXT_QA_PROMPT
         self._raise_on_reject = bool(raise_on_reject)
@@ -219,8 +206,9 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
         return self._policy
 
     @property
-    def signal(self) -> Signal | SignalFn:
-        """What the policy's confidence is read from (see the class docs)."""
+    def signal(self) -> Signal:
+        """What the policy's confidence is read from (see the class docs); a function given as
+        ``signal=`` is wrapped in a :class:`Signal` (its ``function``)."""
         return self._signal
 
     def _get_prompt_modules(self) -> PromptMixinType:
@@ -278,7 +266,7 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
         """The result with ``confidence`` replaced by the signal's value (what the policy decides on)."""
         if result is None:
             return None
-        return result.model_copy(update={"confidence": apply_signal(self._signal, result)})
+        return result.model_copy(update={"confidence": self._signal.confidence_of(result)})
 
     # ------------------------------------------------------------------ escalation
 
@@ -347,7 +335,7 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
             **outcome.metadata(),
             "score": score,
             "score_source": last.score_source,
-            "signal": describe_signal(self._signal),
+            "signal": self._signal.describe(),
             "target": last.target,
         }
         base_meta = dict(last.response.metadata or {}) if outcome.action is Action.ACCEPT else {}

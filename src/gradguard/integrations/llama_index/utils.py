@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ClassVar
 
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from gradguard.errors import GradguardError, InputError
-from gradguard.result import UNCERTAINTY_KEYS, ScoreResult
+from gradguard.result import ScoreResult
+from gradguard.routing import GuardSignal, GuardSignalError
+from gradguard.routing.signal import SIGNALS, SignalFn, unscored_metadata
 
 __all__ = [
     "METADATA_KEY",
@@ -25,6 +26,7 @@ __all__ = [
     "CapturedScore",
     "SIGNALS",
     "Signal",
+    "SignalConfigError",
     "SignalFn",
     "apply_signal",
     "describe_signal",
@@ -42,30 +44,13 @@ __all__ = [
 #: (``additional_kwargs["gradguard"]`` on LLM responses, ``metadata["gradguard"]`` on query responses).
 METADATA_KEY = "gradguard"
 
-#: A function mapping a score to the confidence fed to a routing policy (``None`` = unconfident).
-SignalFn = Callable[[ScoreResult], "float | None"]
-
-
 class GradguardLlamaIndexError(GradguardError, ValueError):
     """A LlamaIndex component of gradguard was configured or called wrongly."""
 
 
-def missing_score_metadata(error: str, *, model: str | None = None) -> dict[str, Any]:
-    """Metadata in the shared schema for an answer that has **no** score (treated as unconfident).
-
-    Same keys as :meth:`gradguard.ScoreResult.metadata`: every uncertainty is ``None``,
-    ``confidence`` is ``None`` and ``scored`` is ``False``; ``error`` says why.
-    """
-    return {
-        "confidence": None,
-        "uncertainty": {k: None for k in UNCERTAINTY_KEYS},
-        "model": model,
-        "profile": None,
-        "spt_offset": None,
-        "n_response_tokens": None,
-        "scored": False,
-        "error": error,
-    }
+#: Metadata in the shared schema for an answer that has **no** score (treated as unconfident);
+#: :func:`gradguard.routing.signal.unscored_metadata`.
+missing_score_metadata = unscored_metadata
 
 
 def attach_metadata(response: CompletionResponse | ChatResponse, metadata: dict[str, Any]) -> None:
@@ -183,23 +168,28 @@ def publish_score(captured: CapturedScore) -> None:
 
 # ----------------------------------------------------------------------------- signals
 
-#: The signals a guard can read: the calibrated confidence, or one raw uncertainty score.
-SIGNALS: tuple[str, ...] = ("confidence", *UNCERTAINTY_KEYS)
+
+class SignalConfigError(GradguardLlamaIndexError, GuardSignalError):
+    """A :class:`Signal` was configured wrongly (also a :class:`gradguard.routing.GuardSignalError`)."""
 
 
-class Signal(BaseModel):
-    """Which number of a :class:`~gradguard.ScoreResult` the routing policy decides on.
+class Signal(GuardSignal):
+    """Which number of a :class:`~gradguard.ScoreResult` the routing policy decides on:
+    :class:`gradguard.routing.GuardSignal` (the same class as the LangChain integration's
+    ``GuardSignal``), raising :class:`GradguardLlamaIndexError` on bad options.
 
-    The policy's tiers are thresholds on a *confidence* in ``[0, 1]`` (larger = more confident).
+    The policy's tiers are thresholds on a *confidence* in ``[0, 1]`` (larger = more confident);
+    calling the signal (or :meth:`confidence_of`) gives that confidence, ``None`` = unconfident.
 
     - ``Signal.confidence()`` (default): the calibrated ``result.confidence``. On an uncalibrated
       model it is ``None``, so every answer is unconfident (fail closed).
     - ``Signal.uncertainty("hybridgrad", max_value)``: for uncalibrated models. Raw uncertainties
       have no probability scale (larger = **less** confident), so the policy sees ``1.0`` when
       ``result.hybridgrad <= max_value`` and ``0.0`` otherwise; choose ``max_value`` on held-out data.
+    - ``Signal.from_function(fn)``: ``fn(result)``, a confidence in [0, 1].
 
-    A missing score, an unscored (empty) answer or a NaN value always gives ``None``
-    (unconfident). Same semantics as the LangChain integration's ``GuardSignal``.
+    A missing score, an unscored (empty) answer, a NaN value, or a function that raises or returns
+    anything but a number in [0, 1] always gives ``None`` (unconfident).
 
     Example:
         >>> from gradguard.integrations.llama_index import Signal
@@ -207,91 +197,17 @@ class Signal(BaseModel):
         'hybridgrad <= 0.02'
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field("confidence", description="'confidence' or one of the uncertainty keys.")
-    max_uncertainty: float | None = Field(
-        None, description="Largest uncertainty still counted as confident; required for an uncertainty signal."
-    )
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise GradguardLlamaIndexError(f"invalid Signal {data!r}: {exc.errors()[0]['msg']}") from None
-        if self.name not in SIGNALS:
-            raise GradguardLlamaIndexError(f"signal={self.name!r} is not known; use one of {list(SIGNALS)}")
-        if self.name == "confidence":
-            if self.max_uncertainty is not None:
-                raise GradguardLlamaIndexError(
-                    f"max_uncertainty={self.max_uncertainty!r} applies to a raw uncertainty signal, but "
-                    "signal='confidence'; drop max_uncertainty or choose signal='hybridgrad' (or another score)"
-                )
-        elif self.max_uncertainty is None or not math.isfinite(self.max_uncertainty):
-            raise GradguardLlamaIndexError(
-                f"signal={self.name!r} needs a finite max_uncertainty (got {self.max_uncertainty!r}), the largest "
-                f"acceptable {self.name} (larger = less confident); choose it on held-out data"
-            )
-
-    @classmethod
-    def confidence(cls) -> Signal:
-        """Decide on the calibrated confidence (``None`` on uncalibrated models: always unconfident)."""
-        return cls(name="confidence")
-
-    @classmethod
-    def uncertainty(cls, name: str, max_value: float) -> Signal:
-        """Decide on raw uncertainty ``name``: confident (1.0) iff ``result.<name> <= max_value``, else 0.0."""
-        return cls(name=name, max_uncertainty=max_value)
-
-    @classmethod
-    def from_options(cls, signal: str = "confidence", max_uncertainty: float | None = None) -> Signal:
-        """Build from a component's ``signal=`` / ``max_uncertainty=`` options (see the class docs)."""
-        return cls(name=signal, max_uncertainty=max_uncertainty)
-
-    def __call__(self, result: ScoreResult | None) -> float | None:
-        """The confidence in ``[0, 1]`` the policy sees for ``result``; ``None`` means unconfident."""
-        if result is None or not result.scored:
-            return None
-        if self.name == "confidence":
-            c = result.confidence
-            return float(c) if c is not None and math.isfinite(c) else None
-        value = float(getattr(result, self.name))
-        if not math.isfinite(value):
-            return None
-        assert self.max_uncertainty is not None
-        return 1.0 if value <= self.max_uncertainty else 0.0
-
-    def describe(self) -> str:
-        """A short rule, e.g. ``confidence`` or ``hybridgrad <= 0.02``; reported in the metadata."""
-        if self.name == "confidence":
-            return "confidence"
-        return f"{self.name} <= {self.max_uncertainty:g}"
+    _error: ClassVar[type[GuardSignalError]] = SignalConfigError
 
 
 def apply_signal(signal: Signal | SignalFn, result: ScoreResult | None) -> float | None:
-    """Evaluate ``signal`` on ``result``: ``None`` (unconfident) for a missing/unscored result, ``None``,
-    NaN or a non-number; values outside ``[0, 1]`` are clamped. A signal function that raises is
-    treated as a missing score (fail closed).
+    """The confidence in ``[0, 1]`` that ``signal`` (a :class:`Signal` or a function) gives ``result``;
+    ``None`` (unconfident) for a missing/unscored result, a function that raises, or a value that is
+    ``None``, NaN, not a number or outside ``[0, 1]``.
     """
-    if result is None or not result.scored:
-        return None
-    try:
-        value = signal(result)
-    except Exception:  # noqa: BLE001 - a broken signal must fail closed, never pass the answer
-        return None
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(value):
-        return None
-    return min(1.0, max(0.0, value))
+    return Signal.from_options(signal).confidence_of(result)
 
 
 def describe_signal(signal: Signal | SignalFn) -> str:
     """Name of a signal for the metadata."""
-    if isinstance(signal, Signal):
-        return signal.describe()
-    return getattr(signal, "__name__", type(signal).__name__)
+    return Signal.from_options(signal).describe()
