@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gradguard.result import ScoreResult, Timings
+from gradguard.result import ScoreResult
+from gradguard.testing.results import make_score_result
 from gradguard.review import SQLiteReviewQueue, human_review_target
 from gradguard.routing import (
     Action,
@@ -28,27 +29,7 @@ ABSTAIN = "I can't answer that reliably."
 
 def make_result(confidence: float | None = 0.9, *, scored: bool = True, response: str = "Lyon") -> ScoreResult:
     """A ScoreResult built by hand; ``scored=False`` gives an empty response with NaN scores."""
-    g = 0.05 if scored else math.nan
-    return ScoreResult(
-        hybridgrad=g,
-        semgrad=g,
-        paragrad=g,
-        exgrad=g,
-        alpha=0.6,
-        mean_entropy=0.5,
-        g_nll=1.2,
-        mean_nll=0.4,
-        max_nll=0.9,
-        n_response_tokens=3 if scored else 0,
-        spt_offset=-3,
-        spt_position=17,
-        layer_span=(2, 4),
-        n_prompt_tokens=20,
-        timings=Timings(generate_s=None, score_s=0.01),
-        response=response if scored else "",
-        empty=not scored,
-        confidence=confidence,
-    )
+    return make_score_result(confidence=confidence, empty=not scored, response=response)
 
 
 def policy(*tiers: Tier) -> RoutingPolicy:

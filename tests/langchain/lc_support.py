@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-import math
 import uuid
 
 from langchain_core.messages import AIMessage
 
-from gradguard import GradScorer, ScoreResult, Timings
+from gradguard import GradScorer, ScoreResult
 from gradguard.integrations.langchain.metadata import remember_result
-from gradguard.testing import make_tiny_model
+from gradguard.testing import make_score_result, make_tiny_model
 
 #: Tiny families with no paper offset get one here (gemma2 has none in the family table).
 _OFFSETS = {"gemma2": -2}
@@ -32,28 +31,7 @@ def make_result(
     model: str = "hand-built",
 ) -> ScoreResult:
     """A ScoreResult built by hand (for exact control over confidence and scores)."""
-    value = math.nan if empty else hybridgrad
-    return ScoreResult(
-        hybridgrad=value,
-        semgrad=value,
-        paragrad=value,
-        exgrad=value,
-        alpha=0.5,
-        mean_entropy=1.0,
-        g_nll=2.0,
-        mean_nll=1.0,
-        max_nll=1.5,
-        n_response_tokens=0 if empty else 2,
-        spt_offset=-3,
-        spt_position=7,
-        layer_span=(2, 4),
-        n_prompt_tokens=10,
-        timings=Timings(generate_s=None, score_s=0.0),
-        response="" if empty else text,
-        empty=empty,
-        confidence=confidence,
-        model=model,
-    )
+    return make_score_result(confidence=confidence, hybridgrad=hybridgrad, empty=empty, response=text, model=model)
 
 
 def scored_message(text: str = "Paris", **kwargs: object) -> AIMessage:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import pytest
@@ -11,9 +10,9 @@ pytest.importorskip("llama_index.core")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gradguard import GradScorer, ScoreResult, Timings  # noqa: E402
+from gradguard import GradScorer, ScoreResult  # noqa: E402
 from gradguard.integrations.llama_index import GradguardLLM  # noqa: E402
-from gradguard.testing import make_tiny_model  # noqa: E402
+from gradguard.testing import make_score_result, make_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -43,27 +42,9 @@ def make_result(
     empty: bool = False,
 ) -> ScoreResult:
     """A hand-built ScoreResult (tiny models are uncalibrated, so tests that need a confidence build one)."""
-    nan = math.nan
-    return ScoreResult(
-        hybridgrad=nan if empty else hybridgrad,
-        semgrad=nan if empty else hybridgrad,
-        paragrad=nan if empty else 0.02,
-        exgrad=nan if empty else 0.005,
-        alpha=0.5,
-        mean_entropy=1.0,
-        g_nll=2.0,
-        mean_nll=0.5,
-        max_nll=1.0,
-        n_response_tokens=0 if empty else 4,
-        spt_offset=-3,
-        spt_position=10,
-        layer_span=(2, 4),
-        n_prompt_tokens=13,
-        timings=Timings(generate_s=None, score_s=0.01),
-        response=response,
-        empty=empty,
-        confidence=confidence,
-        model="test-model",
+    distinct = {} if empty else {"paragrad": 0.02, "exgrad": 0.005}
+    return make_score_result(
+        confidence=confidence, hybridgrad=hybridgrad, response=response, empty=empty, model="test-model", **distinct
     )
 
 
