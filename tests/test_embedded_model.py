@@ -26,7 +26,9 @@ def scorer() -> GradScorer:
 def test_default_model_identity(scorer: GradScorer) -> None:
     assert scorer.model_name == DEFAULT_MODEL
     assert scorer.model.config.model_type == "qwen2"
-    assert scorer.spt_offset == -3
+    # The measured built-in profile, not the Qwen family's -3 (SPS ~0.001 on this model; see docs/profiles.md).
+    assert scorer.profile.kind == "measured"
+    assert scorer.spt_offset == scorer.profile.spt_offset == -1
     assert scorer.layer_span == (12, 24)
 
 
@@ -34,6 +36,9 @@ def test_default_model_identity(scorer: GradScorer) -> None:
 def test_generate_and_score_matches_oracle(scorer: GradScorer, messages: list[dict[str, str]]) -> None:
     result = scorer.generate_and_score(messages, max_new_tokens=24)
     assert result.scored and result.response
+    assert result.profile == scorer.profile.name
+    if scorer.calibrated:
+        assert result.confidence is not None and 0.0 <= result.confidence <= 1.0 and result.calibrator
     oracle = scorer.oracle(messages, list(result.token_ids))
     for field in FIELDS:
         assert getattr(result, field) == pytest.approx(getattr(oracle, field), rel=1e-4), field

@@ -9,6 +9,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,8 +19,8 @@ from transformers import DynamicCache, GenerationMixin, PreTrainedModel, PreTrai
 from gradguard.errors import ContextLengthError, InputError, UnsupportedModelError
 from gradguard.fast_path import RawScores, decoder_layers, fast_scores
 from gradguard.loading import load_model
-from gradguard.offsets import family_offset
 from gradguard.oracle import oracle_scores
+from gradguard.profiles import Profile, ProfileNotFoundError, ProfileWarning, manual_profile, resolve_profile
 from gradguard.prompting import Messages, end_of_turn_ids, template_prompt, tokenize_response
 from gradguard.result import ScoreResult, Timings
 
@@ -58,9 +59,12 @@ class GradScorer:
         result = scorer.generate_and_score([{"role": "user", "content": "Who proposed evolution by natural selection?"}])
         result.response, result.hybridgrad            # larger hybridgrad = less confident
 
-    ``spt_offset`` is the negative offset ``k`` of the semantic-preserving token from the end of
-    the chat-templated prompt; by default it comes from the model's family. ``layer_span`` is the
-    half-open range of decoder layers SemGrad averages over (default: the top half).
+    The semantic-preserving offset, the layer span and the calibration come from a profile:
+    ``profile`` (a :class:`~gradguard.profiles.Profile` or a JSON path) or else the one found for the
+    model (exact model id → chat-template fingerprint → family default; see ``docs/profiles.md``).
+    ``spt_offset`` (negative: from the end of the chat-templated prompt) and ``layer_span`` (the
+    half-open range of decoder layers SemGrad averages over) override it; a calibration then
+    applies only if it was fitted with the same settings, else ``confidence`` is None.
     Every public method holds :attr:`lock`, so one scorer may be shared between threads.
     Scoring never modifies the model's parameters or their ``requires_grad`` flags.
     """
@@ -73,6 +77,8 @@ class GradScorer:
         spt_offset: int | None = None,
         layer_span: tuple[int, int] | None = None,
         model_name: str | None = None,
+        profile: Profile | str | os.PathLike[str] | None = None,
+        strict: bool = True,
     ) -> None:
         if not isinstance(model, GenerationMixin) or model.get_output_embeddings() is None:
             raise UnsupportedModelError(
@@ -84,18 +90,43 @@ class GradScorer:
         self.model_name = model_name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
         self.lock = threading.RLock()
         n_layers = len(decoder_layers(model))
-        if layer_span is None:
-            layer_span = (n_layers - n_layers // 2, n_layers)
-        start, stop = layer_span
-        if not (0 <= start < stop <= n_layers):
-            raise InputError(f"layer_span {layer_span} is not a range inside [0, {n_layers}); pass (start, stop) with 0 <= start < stop <= {n_layers}")
-        self.layer_span = (int(start), int(stop))
-        if spt_offset is None:
-            spt_offset = family_offset(model, tokenizer)
-        if spt_offset >= 0:
+        if spt_offset is not None and spt_offset >= 0:
             raise InputError(f"spt_offset {spt_offset} must be negative (an offset from the end of the prompt, e.g. -2)")
-        self.spt_offset = int(spt_offset)
+        self.profile = self._choose_profile(profile, spt_offset, layer_span, strict)
+        start, stop = layer_span or self.profile.resolved_layer_span(n_layers)
+        if not (0 <= start < stop <= n_layers):
+            raise InputError(
+                f"layer_span {(start, stop)} is not a range inside [0, {n_layers}); "
+                f"pass (start, stop) with 0 <= start < stop <= {n_layers}"
+            )
+        self.layer_span = (int(start), int(stop))
+        self.spt_offset = int(spt_offset if spt_offset is not None else self.profile.spt_offset)
         self._eot_ids = end_of_turn_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
+
+    def _choose_profile(
+        self,
+        profile: Profile | str | os.PathLike[str] | None,
+        spt_offset: int | None,
+        layer_span: tuple[int, int] | None,
+        strict: bool,
+    ) -> Profile:
+        if profile is not None or spt_offset is None:
+            return resolve_profile(self.model, self.tokenizer, model_id=self.model_name, profile=profile, strict=strict)
+        try:
+            with warnings.catch_warnings():  # only a look for a matching calibration; the caller chose the offset
+                warnings.simplefilter("ignore", ProfileWarning)
+                found = resolve_profile(self.model, self.tokenizer, model_id=self.model_name, strict=strict)
+        except ProfileNotFoundError:
+            found = None
+        if found is not None and found.spt_offset == spt_offset and (layer_span is None or found.layer_span == layer_span):
+            return found
+        return manual_profile(self.model, spt_offset, layer_span)
+
+    @property
+    def calibrated(self) -> bool:
+        """True when results carry a calibrated ``confidence`` (the profile's calibration fits these settings)."""
+        cal = self.profile.calibration
+        return cal is not None and cal.data.spt_offset == self.spt_offset and tuple(cal.data.layer_span) == self.layer_span
 
     @classmethod
     def from_pretrained(
@@ -105,10 +136,14 @@ class GradScorer:
         dtype: torch.dtype = torch.float32,
         spt_offset: int | None = None,
         layer_span: tuple[int, int] | None = None,
+        profile: Profile | str | os.PathLike[str] | None = None,
+        strict: bool = True,
     ) -> GradScorer:
         """Load a model (Hub id, folder, ``.gguf`` file, or ``None`` for the embedded default) and wrap it."""
         model, tokenizer, name = load_model(source, dtype=dtype)
-        return cls(model, tokenizer, spt_offset=spt_offset, layer_span=layer_span, model_name=name)
+        return cls(
+            model, tokenizer, spt_offset=spt_offset, layer_span=layer_span, model_name=name, profile=profile, strict=strict
+        )
 
     @property
     def context_window(self) -> int:
@@ -148,7 +183,7 @@ class GradScorer:
     ) -> ScoreResult:
         scores = combine_scores(raw) if raw is not None else _NAN_SCORES
         logprobs = tuple(-x for x in raw.nll) if raw is not None else ()
-        return ScoreResult(
+        result = ScoreResult(
             **scores,
             n_response_tokens=len(response_ids),
             n_prompt_tokens=len(prompt_ids),
@@ -161,7 +196,12 @@ class GradScorer:
             token_ids=tuple(int(i) for i in response_ids),
             token_logprobs=logprobs,
             model=self.model_name,
+            profile=self.profile.name,
         )
+        confidence, calibrator = self.profile.confidence(result) if self.calibrated else (None, None)
+        if confidence is None:
+            return result
+        return result.model_copy(update={"confidence": confidence, "calibrator": calibrator})
 
     def score(self, messages: Messages, response: str | Sequence[int]) -> ScoreResult:
         """Score ``response`` (text or token ids) as the answer to ``messages`` (teacher-forced).
