@@ -7,13 +7,13 @@ import importlib
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gradguard.errors import GradguardError
 from gradguard.result import ScoreResult
 
-__all__ = ["main", "result_json"]
+__all__ = ["main", "result_json", "run_command"]
 
 #: Modules that add sub-commands through ``register(subparsers)``.
 _COMMAND_MODULES = (
@@ -123,14 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen sub-command; a :class:`GradguardError` becomes exit status 2."""
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except GradguardError as exc:
         print(f"gradguard: error: {exc}", file=sys.stderr)
         return 2
+
+
+def standalone(register: Callable[[Any], None], argv: Sequence[str] | None = None) -> int:
+    """Run one module's commands (``python -m gradguard.profiles.cli ...``) without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="gradguard")
+    register(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,9 @@ Run before wiring as ``python -m gradguard.evaluation.cli eval --data FILE --out
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gradguard.errors import GradguardError
 
 __all__ = ["register", "main", "add_generation_arguments"]
 
@@ -85,14 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``eval ...`` as a stand-alone command; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="gradguard")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except GradguardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from gradguard.cli import standalone
+
+    return standalone(register, argv)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gradguard.errors import GradguardError
 
 __all__ = ["register", "main", "load_model_source"]
 
@@ -146,14 +144,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``profile ...`` as a stand-alone command; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="gradguard")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except GradguardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from gradguard.cli import standalone
+
+    return standalone(register, argv)
 
 
 if __name__ == "__main__":
