@@ -16,6 +16,7 @@ attention makes padding after a response invisible to it).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,9 +91,16 @@ def prefill(model: PreTrainedModel, prefix_ids: Sequence[int]) -> DynamicCache:
 
 @contextmanager
 def _graph_from_layer(layers: torch.nn.ModuleList, start: int, stop: int, captured: list[torch.Tensor]) -> Iterator[None]:
-    """Hooks: the input of ``layers[start]`` becomes a leaf that starts the graph; inputs of ``start…stop−1`` are kept."""
+    """Hooks: the input of ``layers[start]`` becomes a leaf that starts the graph; inputs of ``start…stop−1`` are kept.
 
-    def first_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    Hooks belong to the shared modules, so they act only in the thread that registered them: another
+    thread running the same model meanwhile (e.g. a pipeline generating outside gradguard) is untouched.
+    """
+    owner = threading.get_ident()
+
+    def first_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any] | None:
+        if threading.get_ident() != owner:
+            return None
         hidden = args[0] if args else kwargs["hidden_states"]
         leaf = hidden.detach().requires_grad_(True)
         torch.set_grad_enabled(True)  # everything above this layer records a graph
@@ -102,7 +110,8 @@ def _graph_from_layer(layers: torch.nn.ModuleList, start: int, stop: int, captur
         return args, {**kwargs, "hidden_states": leaf}
 
     def keep_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        captured.append(args[0] if args else kwargs["hidden_states"])
+        if threading.get_ident() == owner:
+            captured.append(args[0] if args else kwargs["hidden_states"])
 
     handles = [layers[start].register_forward_pre_hook(first_hook, with_kwargs=True)]
     handles += [layers[i].register_forward_pre_hook(keep_hook, with_kwargs=True) for i in range(start + 1, stop)]
