@@ -6,7 +6,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ScoreResult", "Timings", "UNCERTAINTY_KEYS"]
+__all__ = ["ScoreResult", "Timings", "UNCERTAINTY_KEYS", "SCORE_LABELS"]
 
 #: The uncertainty scores reported in every integration's metadata, in this order.
 UNCERTAINTY_KEYS: tuple[str, ...] = (
@@ -18,6 +18,17 @@ UNCERTAINTY_KEYS: tuple[str, ...] = (
     "mean_nll",
     "mean_entropy",
 )
+
+#: Display names of the uncertainty scores, for tables and plots.
+SCORE_LABELS: dict[str, str] = {
+    "hybridgrad": "HybridGrad",
+    "semgrad": "SemGrad",
+    "paragrad": "ParaGrad",
+    "exgrad": "ExGrad",
+    "g_nll": "G-NLL",
+    "mean_nll": "mean NLL",
+    "mean_entropy": "mean entropy",
+}
 
 
 class Timings(BaseModel):

@@ -11,18 +11,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from gradguard.result import SCORE_LABELS
 
 __all__ = ["register", "main"]
 
-_LABELS = {
-    "hybridgrad": "HybridGrad",
-    "semgrad": "SemGrad",
-    "paragrad": "ParaGrad",
-    "exgrad": "ExGrad",
-    "g_nll": "G-NLL",
-    "mean_nll": "mean NLL",
-    "mean_entropy": "mean entropy",
-}
+_LABELS = SCORE_LABELS
 
 
 def _fmt(v: float | None) -> str:

@@ -30,7 +30,7 @@ from gradguard.calibration.metrics import (
     risk_coverage_curve,
 )
 from gradguard.evaluation.harness import CachedRecord
-from gradguard.result import UNCERTAINTY_KEYS
+from gradguard.result import SCORE_LABELS, UNCERTAINTY_KEYS
 
 __all__ = [
     "METHODS",
@@ -50,13 +50,7 @@ __all__ = [
 #: Reported methods (uncertainty scores), in table order.
 METHODS: tuple[str, ...] = UNCERTAINTY_KEYS
 _LABELS = {
-    "hybridgrad": "HybridGrad",
-    "semgrad": "SemGrad",
-    "paragrad": "ParaGrad",
-    "exgrad": "ExGrad",
-    "g_nll": "G-NLL",
-    "mean_nll": "mean NLL",
-    "mean_entropy": "mean entropy",
+    **SCORE_LABELS,
     "confidence": "confidence",
 }
 
