@@ -216,8 +216,12 @@ class GradguardLLM(CustomLLM):
         return result
 
     @staticmethod
-    def _publish(text: str, result: ScoreResult | None, metadata: dict[str, Any]) -> None:
-        publish_score(CapturedScore(text=text, result=result, metadata=metadata, source="llm"))
+    def _attach_score(response: CompletionResponse | ChatResponse, result: ScoreResult) -> None:
+        """Put ``result`` on the response (``raw`` and ``additional_kwargs``) and publish it for the query engine."""
+        response.raw = result
+        metadata = result.metadata()
+        attach_metadata(response, metadata)
+        publish_score(CapturedScore(text=result.response, result=result, metadata=metadata, source="llm"))
 
     def _stream(
         self, messages: list[dict[str, str]], kwargs: dict[str, Any]
@@ -265,20 +269,15 @@ class GradguardLLM(CustomLLM):
 
     def _complete(self, prompt: str, **kwargs: Any) -> CompletionResponse:
         result = self._generate(self._completion_messages(prompt), kwargs)
-        metadata = result.metadata()
-        response = CompletionResponse(text=result.response, raw=result)
-        attach_metadata(response, metadata)
-        self._publish(result.response, result, metadata)
+        response = CompletionResponse(text=result.response)
+        self._attach_score(response, result)
         return response
 
     def _stream_complete(self, prompt: str, **kwargs: Any) -> CompletionResponseGen:
         for text, delta, result in self._stream(self._completion_messages(prompt), kwargs):
             response = CompletionResponse(text=text, delta=delta)
             if result is not None:
-                response.raw = result
-                metadata = result.metadata()
-                attach_metadata(response, metadata)
-                self._publish(result.response, result, metadata)
+                self._attach_score(response, result)
             yield response
 
     @llm_completion_callback()
@@ -300,22 +299,15 @@ class GradguardLLM(CustomLLM):
 
     def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         result = self._generate(self._chat_messages(messages), kwargs)
-        metadata = result.metadata()
-        response = ChatResponse(
-            message=ChatMessage(role=MessageRole.ASSISTANT, content=result.response), raw=result
-        )
-        attach_metadata(response, metadata)
-        self._publish(result.response, result, metadata)
+        response = ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=result.response))
+        self._attach_score(response, result)
         return response
 
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         for text, delta, result in self._stream(self._chat_messages(messages), kwargs):
             response = ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
             if result is not None:
-                response.raw = result
-                metadata = result.metadata()
-                attach_metadata(response, metadata)
-                self._publish(result.response, result, metadata)
+                self._attach_score(response, result)
             yield response
 
     @llm_chat_callback()
