@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from gradguard.errors import InputError
-from gradguard.evaluation.data import DataFormatError, QAItem, load_qa, qa_messages
-from gradguard.evaluation.harness import CACHE_FILE, CacheWarning, ResultCache, run_harness
-from gradguard.evaluation.report import evaluate_records, format_table, write_report
-from gradguard.profiles import Profile, load_profile
+from gradguard.data import DataFormatError, QAItem, load_qa, qa_messages
+from gradguard.calibration.harness import CACHE_FILE, CacheWarning, ResultCache, run_harness
+from gradguard.evaluation.report import METHODS, evaluate_records, format_table, write_report
+from gradguard.profiles import Profile, load_profile, save_profile
 from gradguard.result import ScoreResult, Timings
 
 
@@ -44,6 +44,8 @@ class FakeScorer:
             n_response_tokens=len(text), spt_offset=self.spt_offset, spt_position=20 + self.spt_offset,
             layer_span=self.layer_span, n_prompt_tokens=20, timings=Timings(generate_s=generate_s, score_s=0.01),
             response=text, token_ids=tuple(ord(c) for c in text), model=self.model_name,
+            token_entropies=tuple(0.5 + d for _ in text),
+            token_logprobs=tuple(-(0.3 + d / 2) for _ in text),
         )
 
     def generate_and_score(self, messages: Any, *, max_new_tokens: int = 24, **kw: Any) -> ScoreResult:
@@ -138,7 +140,7 @@ def test_report_ranks_methods_and_writes_files(tmp_path: Path) -> None:
     records = run_harness(FakeScorer(), items(200), cache_dir=tmp_path / "cache", progress=False)
     summary, paths = write_report(records, tmp_path / "out", n_boot=100)
     by = {m.method: m for m in summary.methods}
-    assert set(by) == {"hybridgrad", "semgrad", "paragrad", "exgrad", "g_nll", "mean_nll", "mean_entropy"}
+    assert tuple(by) == METHODS and {"hybridgrad", "g_nll", "max_entropy"} <= set(by)
     # HybridGrad tracks the hidden difficulty, G-NLL is noise
     assert by["hybridgrad"].auroc > 0.7 and abs(by["g_nll"].auroc - 0.5) < 0.15
     assert by["hybridgrad"].auroc_ci[0] < by["hybridgrad"].auroc < by["hybridgrad"].auroc_ci[1]
@@ -188,7 +190,9 @@ def test_tiny_model_rescoring_matches_generation(tmp_path: Path) -> None:
 def fake_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeScorer]:
     made: dict[str, FakeScorer] = {}
 
-    def make_scorer(source: Any, *, profile: Any = None, spt_offset: Any = None, layer_span: Any = None, strict: bool = True) -> Any:
+    def make_scorer(
+        source: Any, *, profile: Any = None, spt_offset: Any = None, layer_span: Any = None, strict: bool = True, device: Any = None
+    ) -> Any:
         scorer = FakeScorer()
         made[str(len(made))] = scorer
         prof = load_profile(profile) if profile else Profile(
@@ -196,7 +200,7 @@ def fake_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeScorer]:
         )
         return scorer, prof
 
-    monkeypatch.setattr("gradguard.evaluation.harness.make_scorer", make_scorer)
+    monkeypatch.setattr("gradguard.calibration.harness.make_scorer", make_scorer)
     return made
 
 
@@ -220,12 +224,12 @@ def test_eval_then_calibrate_reuses_the_cache(tmp_path: Path, fake_models: dict[
     assert code == 0
     assert fake_models["1"].generated == 0 and fake_models["1"].rescored == 0  # all from the cache
     text = capsys.readouterr().out
-    assert "isotonic" in text and "logistic" in text and "no threshold guarantees" in text
+    assert "gradients" in text and "all together *" in text and "no threshold guarantees" in text
     p = load_profile(prof)
-    cal = p.calibration
-    assert cal is not None and cal.n == 300 and cal.data.judge == "containment"
-    assert cal.isotonic.cv.auroc is not None and cal.isotonic.cv.auroc > 0.7
-    assert cal.auroc == (cal.isotonic.cv.auroc if cal.chosen == "isotonic" else cal.logistic.cv.auroc)
+    cal = p.calibrations["closed-qa"]
+    assert cal.n == 300 and cal.data.judge == "containment" and cal.data.file == "qa.jsonl"
+    assert cal.ablation["gradients"].auroc is not None and cal.ablation["gradients"].auroc > 0.7
+    assert cal.cv.auroc == cal.ablation["all together"].auroc
     assert len(cal.holdout_confidence) == 300
 
     # the calibrated profile now adds a confidence row to eval
@@ -234,18 +238,18 @@ def test_eval_then_calibrate_reuses_the_cache(tmp_path: Path, fake_models: dict[
     assert "cross-fitted" in out  # the same answers: the honest out-of-fold confidences are reported
     summary = json.loads((tmp_path / "ev2" / "summary.json").read_text())
     conf_row = next(m for m in summary["methods"] if m["method"] == "confidence")
-    assert conf_row["auroc"] == pytest.approx(cal.auroc, abs=1e-6)
+    assert conf_row["auroc"] == pytest.approx(cal.cv.auroc, abs=1e-6)
     rows = [json.loads(line) for line in (tmp_path / "ev2" / "results.jsonl").read_text().splitlines()]
-    assert all(r["confidence"] is not None and r["calibrator"] == cal.chosen for r in rows)
+    assert all(r["confidence"] is not None and r["task"] == "closed-qa" for r in rows)
     # a subset of the calibration file: the refitted calibrator, flagged in-sample
     assert eval_main(["eval", "--data", str(data), "--n", "200", "--out", str(tmp_path / "ev3"), "--cache", str(cache), "--profile", str(prof), "--no-progress", "--boot", "50"]) == 0
     assert "in-sample" in capsys.readouterr().out
 
-    assert profile_main(["profile", "threshold", str(prof), "--epsilon", "0.3", "--json"]) == 0
+    assert profile_main(["profile", "threshold", str(prof), "--task", "closed-qa", "--epsilon", "0.3", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res[0]["epsilon"] == 0.3 and isinstance(res[0]["feasible"], bool)
     assert profile_main(["profile", "show", str(prof)]) == 0
-    assert "calibrated on 300 answers" in capsys.readouterr().out
+    assert "task closed-qa: 300 answers from qa.jsonl" in capsys.readouterr().out
 
 
 def test_cli_errors_are_reported_not_raised(tmp_path: Path, fake_models: dict[str, FakeScorer], capsys: pytest.CaptureFixture[str]) -> None:
@@ -258,7 +262,7 @@ def test_cli_errors_are_reported_not_raised(tmp_path: Path, fake_models: dict[st
 
 
 def test_empty_answers_count_as_wrong_and_least_confident() -> None:
-    from gradguard.evaluation.harness import CachedRecord
+    from gradguard.calibration.harness import CachedRecord
 
     fake = FakeScorer()
     recs = []
@@ -279,16 +283,19 @@ def test_empty_answers_count_as_wrong_and_least_confident() -> None:
 def test_make_scorer_uses_the_resolved_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import warnings
 
-    from gradguard.evaluation.harness import make_scorer
+    from gradguard.calibration.harness import make_scorer
     from gradguard.profiles.fingerprint import chat_template_fingerprint
     from gradguard.testing import make_tiny_model
 
     model, tok = make_tiny_model("qwen2")
     monkeypatch.setattr("gradguard.profiles.cli.load_model_source", lambda source: (model, tok, "acme/tiny"))
-    prof = Profile(
-        name="acme-tiny", kind="measured", model_id="acme/tiny", model_type="qwen2", num_layers=4, hidden_size=32,
-        chat_template_fingerprint=chat_template_fingerprint(tok), spt_offset=-1, layer_span=(1, 4),
-    ).save(tmp_path / "p.json")
+    prof = save_profile(
+        Profile(
+            name="acme-tiny", kind="measured", model_id="acme/tiny", model_type="qwen2", num_layers=4, hidden_size=32,
+            chat_template_fingerprint=chat_template_fingerprint(tok), spt_offset=-1, layer_span=(1, 4),
+        ),
+        tmp_path / "p.json",
+    )
     scorer, resolved = make_scorer(None, profile=prof)
     assert resolved.name == "acme-tiny" and scorer.spt_offset == -1 and scorer.layer_span == (1, 4)
     with warnings.catch_warnings():

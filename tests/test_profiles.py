@@ -1,19 +1,15 @@
-"""The profile schema: sorted JSON round trip, tolerant loading, clear errors, compatibility checks, confidence."""
+"""The profile schema: sorted JSON round trip, tolerant loading, clear errors, compatibility, per-task calibrations."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from gradguard.calibration.calibrators import fit_calibrators
-from gradguard.calibration.features import ALL_FEATURES, feature_vector
-from gradguard.calibration.fit import calibration_from_fit
+from gradguard.calibration.thresholds import task_threshold
 from gradguard.errors import GradguardError
 from gradguard.profiles import (
     CalibrationMissingError,
@@ -21,36 +17,16 @@ from gradguard.profiles import (
     ProfileError,
     ProfileMismatchError,
     ProfileWarning,
+    check_compatible,
     load_profile,
+    profile_json,
     save_profile,
 )
 from gradguard.profiles.fingerprint import chat_template_fingerprint
-from gradguard.profiles.schema import SCHEMA_VERSION, Calibration, CalibrationData, library_version
-from gradguard.result import ScoreResult, Timings
+from gradguard.profiles.io import profile_from_dict
+from gradguard.profiles.schema import SCHEMA_VERSION, library_version
 from gradguard.testing import make_tiny_model, make_tiny_tokenizer
-
-
-def make_result(log_h: float, *, spt_offset: int = -2, layer_span: tuple[int, int] = (2, 4), empty: bool = False) -> ScoreResult:
-    h = math.exp(log_h)
-    nan = math.nan
-    return ScoreResult(
-        hybridgrad=nan if empty else h,
-        semgrad=nan if empty else 2 * h,
-        paragrad=nan if empty else h / 2,
-        exgrad=nan if empty else h / 3,
-        alpha=0.5,
-        mean_entropy=1.0,
-        g_nll=2.0,
-        mean_nll=0.5,
-        max_nll=1.0,
-        n_response_tokens=0 if empty else 4,
-        spt_offset=spt_offset,
-        spt_position=10 + spt_offset,
-        layer_span=layer_span,
-        n_prompt_tokens=10,
-        timings=Timings(score_s=0.0),
-        empty=empty,
-    )
+from gradguard.testing.calibration import make_task_calibration
 
 
 def tiny_profile(**kw: object) -> Profile:
@@ -70,23 +46,9 @@ def tiny_profile(**kw: object) -> Profile:
     return Profile(**base)  # type: ignore[arg-type]
 
 
-@functools.lru_cache(maxsize=None)
-def _calibration(seed: int = 0) -> Calibration:
-    rng = np.random.default_rng(seed)
-    log_h = rng.uniform(-8, -2, 400)
-    y = (rng.uniform(size=400) < 1 / (1 + np.exp(2 * (log_h + 5)))).astype(int)
-    X = np.vstack([feature_vector(make_result(v)) for v in log_h])
-    fit = fit_calibrators(X, y, features=ALL_FEATURES, n_boot=100)
-    data = CalibrationData(
-        path="synthetic.jsonl", n_questions=410, system_prompt=None, max_new_tokens=8, judge="containment",
-        spt_offset=-2, layer_span=(2, 4),
-    )
-    return calibration_from_fit(fit, y, n_unscored=10, data=data, baselines_auroc={})
-
-
-def calibrated(profile: Profile, seed: int = 0) -> Profile:
-    """The profile with a calibration fitted on synthetic answers whose P(correct) falls with log HybridGrad."""
-    return profile.model_copy(update={"calibration": _calibration(seed)})
+def calibrated(profile: Profile) -> Profile:
+    """The profile with a ``closed-qa`` calibration fitted on synthetic answers (gradguard.testing.calibration)."""
+    return profile.model_copy(update={"calibrations": {"closed-qa": make_task_calibration()}, "default_task": "closed-qa"})
 
 
 def test_round_trip_is_sorted_and_stamped(tmp_path: Path) -> None:
@@ -104,7 +66,7 @@ def test_round_trip_is_sorted_and_stamped(tmp_path: Path) -> None:
 
 
 def test_unknown_keys_load_with_a_warning(tmp_path: Path) -> None:
-    data = json.loads(tiny_profile().to_json())
+    data = json.loads(profile_json(tiny_profile()))
     data["future_field"] = {"x": 1}
     data["schema_version"] = SCHEMA_VERSION + 1
     path = tmp_path / "p.json"
@@ -117,7 +79,7 @@ def test_unknown_keys_load_with_a_warning(tmp_path: Path) -> None:
 
 
 def test_missing_required_key_is_named(tmp_path: Path) -> None:
-    data = json.loads(tiny_profile().to_json())
+    data = json.loads(profile_json(tiny_profile()))
     del data["spt_offset"]
     path = tmp_path / "p.json"
     path.write_text(json.dumps(data))
@@ -152,23 +114,23 @@ def test_bad_values_are_errors(tmp_path: Path) -> None:
 def test_layer_or_hidden_mismatch_is_an_error() -> None:
     model, tok = make_tiny_model("qwen2", num_layers=6)
     with pytest.raises(ProfileMismatchError, match="4 layers but the model has 6"):
-        tiny_profile().check_compatible(model, tok)
+        check_compatible(tiny_profile(), model, tok)
     model, tok = make_tiny_model("qwen2", hidden_size=64)
     with pytest.raises(ProfileMismatchError, match="hidden size 32"):
-        tiny_profile().check_compatible(model, tok, strict=False)
+        check_compatible(tiny_profile(), model, tok, strict=False)
     model, tok = make_tiny_model("llama")
     with pytest.raises(ProfileMismatchError, match="model_type 'qwen2'"):
-        tiny_profile().check_compatible(model, tok)
+        check_compatible(tiny_profile(), model, tok)
 
 
 def test_template_fingerprint_mismatch_strict_and_lenient() -> None:
     model, tok = make_tiny_model("qwen2")
-    tiny_profile().check_compatible(model, tok)  # same template: fine
+    check_compatible(tiny_profile(), model, tok)  # same template: fine
     tok.chat_template = tok.chat_template.replace("assistant", "bot")
     with pytest.raises(ProfileMismatchError, match="strict=False"):
-        tiny_profile().check_compatible(model, tok)
+        check_compatible(tiny_profile(), model, tok)
     with pytest.warns(ProfileWarning, match="chat template"):
-        tiny_profile().check_compatible(model, tok, strict=False)
+        check_compatible(tiny_profile(), model, tok, strict=False)
 
 
 def test_fingerprint_is_stable_and_template_sensitive() -> None:
@@ -178,44 +140,66 @@ def test_fingerprint_is_stable_and_template_sensitive() -> None:
     assert chat_template_fingerprint(make_tiny_tokenizer("qwen2", chat_template=False)) is None
 
 
-def test_uncalibrated_profile_gives_no_confidence_and_no_threshold() -> None:
-    p = tiny_profile()
-    assert p.confidence(make_result(-5.0)) == (None, None)
-    with pytest.raises(CalibrationMissingError, match="gradguard calibrate"):
-        p.threshold(0.2)
+def test_uncalibrated_profile_has_no_threshold() -> None:
+    with pytest.raises(CalibrationMissingError, match="gradguard calibrate --task chat"):
+        task_threshold(tiny_profile(), None, 0.2)
 
 
-def test_calibrated_confidence_decreases_with_hybridgrad_and_round_trips(tmp_path: Path) -> None:
+def test_calibrations_round_trip_per_task(tmp_path: Path) -> None:
     p = calibrated(tiny_profile())
-    confs = [p.confidence(make_result(v))[0] for v in (-7.5, -5.0, -2.5)]
-    assert all(c is not None and 0 <= c <= 1 for c in confs)
-    assert confs[0] > confs[1] > confs[2]  # larger HybridGrad = less confident
-    name = p.confidence(make_result(-5.0))[1]
-    assert name == p.calibration.chosen  # type: ignore[union-attr]
     again = load_profile(save_profile(p, tmp_path / "cal.json"))
-    assert [again.confidence(make_result(v))[0] for v in (-7.5, -5.0, -2.5)] == pytest.approx(confs)
-    assert again.calibration is not None and again.calibration.n == 400 and again.calibration.n_unscored == 10
-
-
-def test_confidence_is_none_for_unscored_or_other_settings() -> None:
-    p = calibrated(tiny_profile())
-    assert p.confidence(make_result(0.0, empty=True)) == (None, None)
-    with pytest.warns(ProfileWarning, match="recalibrate"):
-        assert p.confidence(make_result(-5.0, spt_offset=-3)) == (None, None)
-    with pytest.warns(ProfileWarning):
-        assert p.confidence(make_result(-5.0, layer_span=(1, 4))) == (None, None)
+    assert again.model_dump() == p.model_copy(update={"gradguard_version": library_version()}).model_dump()
+    assert set(again.calibrations) == {"closed-qa"} and again.default_task == "closed-qa"
+    with pytest.raises(CalibrationMissingError, match="no calibration for task 'rag'.*closed-qa"):
+        task_threshold(again, "rag", 0.2)
 
 
 def test_threshold_from_stored_calibration() -> None:
     p = calibrated(tiny_profile())
-    cal = p.calibration
-    assert cal is not None
-    loose = p.threshold(0.45, 0.1)
+    cal = p.calibrations["closed-qa"]
+    loose = task_threshold(p, "closed-qa", 0.45, 0.1)
     assert loose.feasible and loose.threshold is not None
     assert loose.upper_bound is not None and loose.upper_bound <= 0.45
     assert loose.n_calibration == cal.n + cal.n_unscored
-    strict = p.threshold(0.001, 0.1)
+    strict = task_threshold(p, None, 0.001, 0.1)
     assert not strict.feasible and strict.threshold is None
+
+
+def test_probe_that_does_not_fit_the_model_is_an_error() -> None:
+    data = calibrated(tiny_profile()).model_dump(mode="json")
+    with pytest.raises(ProfileError, match="probe reads hidden size 32 but the profile's model has 64.*calibrate"):
+        profile_from_dict({**data, "hidden_size": 64}, source="p.json")
+    data["calibrations"]["closed-qa"]["calibrator"]["probes"][0]["layer"] = 9
+    with pytest.raises(ProfileError, match="probe reads layer 9 but the model has 4 layers"):
+        profile_from_dict(data, source="p.json")
+
+
+def test_a_schema_1_profile_loads_as_closed_qa_with_one_warning() -> None:
+    old = tiny_profile().model_dump(mode="json")
+    del old["calibrations"], old["default_task"]
+    old["schema_version"] = 1
+    n = 4
+    old["calibration"] = {
+        "chosen": "logistic",
+        "selection_rule": "highest cross-validated AUROC",
+        "isotonic": {"kind": "isotonic", "feature": "log_hybridgrad", "x": [-8.0, -2.0], "y": [0.9, 0.1], "cv": {"auroc": 0.6, "brier": 0.2, "ece": 0.05, "aurc": 0.4}},
+        "logistic": {
+            "kind": "logistic", "features": ["log_semgrad", "mean_nll"], "mean": [-5.0, 1.0], "scale": [1.0, 1.0],
+            "coef": [-1.0, -0.5], "intercept": 0.1, "C": 0.1, "cv": {"auroc": 0.66, "auroc_ci": [0.6, 0.7], "brier": 0.2, "ece": 0.04, "aurc": 0.4},
+        },
+        "n": n, "n_unscored": 0, "n_correct": 2, "folds": 5, "seed": 0, "auroc": 0.66, "aurc": 0.4, "ece": 0.04,
+        "baselines_auroc": {"hybridgrad": 0.54},
+        "data": {"path": "/somewhere/sciq/test.jsonl", "sha256": "ab", "n_questions": n, "system_prompt": "Answer briefly.",
+                 "max_new_tokens": 24, "judge": "containment", "spt_offset": -2, "layer_span": [2, 4]},
+        "holdout_confidence": [0.1, 0.2, 0.3, 0.4], "holdout_correct": [0, 0, 1, 1],
+    }
+    with pytest.warns(ProfileWarning, match="schema version 1.*closed-qa") as record:
+        p = profile_from_dict(old, source="old.json")
+    assert len([w for w in record if issubclass(w.category, ProfileWarning)]) == 1
+    cal = p.calibrations["closed-qa"]
+    assert cal.calibrator.kind == "logistic" and cal.calibrator.coef == (-1.0, -0.5)
+    assert cal.task.system_prompt == "Answer briefly." and cal.data.file == "test.jsonl"
+    assert cal.cv.auroc == 0.66 and p.default_task == "closed-qa" and p.schema_version == SCHEMA_VERSION
 
 
 def test_errors_derive_from_gradguard_error() -> None:
@@ -225,7 +209,7 @@ def test_errors_derive_from_gradguard_error() -> None:
 
 def test_profile_json_has_no_nan(tmp_path: Path) -> None:
     p = calibrated(tiny_profile())
-    text = p.to_json()
+    text = profile_json(p)
     assert "NaN" not in text and "Infinity" not in text
     with warnings.catch_warnings():
         warnings.simplefilter("error")

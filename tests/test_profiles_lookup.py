@@ -18,6 +18,8 @@ from gradguard.profiles import (
     load_builtin_profile,
     load_profile,
     resolve_profile,
+    save_profile,
+    check_compatible,
 )
 from gradguard.profiles.fingerprint import chat_template_fingerprint
 from gradguard.profiles.lookup import PROFILE_PATH_ENV, token_at_offset
@@ -59,7 +61,7 @@ def test_family_defaults_are_the_papers_offsets() -> None:
     for model_type, offset in expected.items():
         p = load_builtin_profile(FAMILY_DEFAULTS[model_type])
         assert p.kind == "family-default" and p.spt_offset == offset and p.model_type == model_type
-        assert p.calibration is None and p.layer_span is None
+        assert not p.calibrations and p.layer_span is None
 
 
 def test_family_default_for_a_model_without_a_measured_profile(user_dir: Path) -> None:
@@ -93,15 +95,15 @@ def test_unknown_family_error_gives_the_build_command(user_dir: Path) -> None:
 
 def test_model_id_beats_fingerprint_and_family(user_dir: Path) -> None:
     model, tok = make_tiny_model("qwen2")
-    measured(tok).save(user_dir / "a.json")
-    measured(tok, name="other", model_id="acme/other", spt_offset=-2).save(user_dir / "b.json")
+    save_profile(measured(tok), user_dir / "a.json")
+    save_profile(measured(tok, name="other", model_id="acme/other", spt_offset=-2), user_dir / "b.json")
     assert _quiet_resolve(model, tok, model_id="ACME/tiny-qwen2").name == "user:tiny-qwen2"
     assert _quiet_resolve(model, tok, model_id="acme/other").name == "other"
 
 
 def test_fingerprint_match_needs_same_dimensions(user_dir: Path) -> None:
     model, tok = make_tiny_model("qwen2")
-    measured(tok).save(user_dir / "a.json")
+    save_profile(measured(tok), user_dir / "a.json")
     # unknown id, same template and dimensions: the measured profile
     assert _quiet_resolve(model, tok, model_id="/local/folder").name == "user:tiny-qwen2"
     # same template but a different size: offsets do not transfer, fall back to the family default
@@ -111,16 +113,16 @@ def test_fingerprint_match_needs_same_dimensions(user_dir: Path) -> None:
 
 def test_exact_id_with_wrong_dimensions_is_an_error(user_dir: Path) -> None:
     model, tok = make_tiny_model("qwen2", num_layers=6)
-    measured(tok).save(user_dir / "a.json")
+    save_profile(measured(tok), user_dir / "a.json")
     with pytest.raises(ProfileMismatchError, match="4 layers"):
         resolve_profile(model, tok, model_id="acme/tiny-qwen2")
 
 
 def test_explicit_profile_wins_and_is_checked(user_dir: Path, tmp_path: Path) -> None:
     model, tok = make_tiny_model("qwen2")
-    measured(tok).save(user_dir / "a.json")
+    save_profile(measured(tok), user_dir / "a.json")
     explicit = measured(tok, name="explicit", model_id=None, spt_offset=-3)
-    path = explicit.save(tmp_path / "explicit.json")
+    path = save_profile(explicit, tmp_path / "explicit.json")
     for source in (explicit, path, str(path)):
         assert _quiet_resolve(model, tok, model_id="acme/tiny-qwen2", profile=source).name == "explicit"
     assert _quiet_resolve(model, tok, profile="family:qwen2").name == "family:qwen2"
@@ -139,7 +141,7 @@ def test_manual_profile_for_explicit_offsets() -> None:
     model, tok = make_tiny_model("gemma2")
     p = manual_profile(model, -2)
     assert (p.spt_offset, p.kind, p.model_type, p.num_layers) == (-2, "manual", "gemma2", 4)
-    p.check_compatible(model, tok)
+    check_compatible(p, model, tok)
     with pytest.raises(ValueError):
         manual_profile(model, 0)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradguard.evaluation.data import DataFormatError, qa_messages
-from gradguard.profiles import load_profile
+from gradguard.data import DataFormatError, qa_messages
+from gradguard.profiles import load_profile, save_profile
 from gradguard.profiles.build import build_profile, choose_layer_span
 from gradguard.profiles.sps import SPSResult, compute_sps, templated_prompt
 from gradguard.testing import make_tiny_model
@@ -120,7 +120,7 @@ def test_build_profile_end_to_end(tmp_path: Path) -> None:
     assert p.spt_offset in p.sps.candidate_offsets
     assert means[p.spt_offset] == max(means[k] for k in p.sps.candidate_offsets)
     assert p.layer_span == (2, 4)
-    again = load_profile(p.save(tmp_path / "p.json"))
+    again = load_profile(save_profile(p, tmp_path / "p.json"))
     assert again.sps is not None and again.sps.sps == p.sps.sps
     from gradguard.profiles.plot import plot_sps
 

@@ -34,12 +34,13 @@ def result_json(result: ScoreResult) -> dict[str, Any]:
         "answer": result.response,
         "model": result.model,
         "profile": result.profile,
+        "task": result.task,
         "confidence": result.confidence,
         "calibrator": result.calibrator,
-        "scores": {
-            key: num(getattr(result, key))
-            for key in ("hybridgrad", "semgrad", "paragrad", "exgrad", "g_nll", "mean_nll", "mean_entropy", "alpha")
-        },
+        "calibration": result.calibration.model_dump() if result.calibration is not None else None,
+        "in_domain": result.in_domain,
+        "domain_percentile": result.domain_percentile,
+        "scores": {**{key: num(v) for key, v in result.uncertainty().items()}, "alpha": num(result.alpha)},
         "scored": result.scored,
         "spt_offset": result.spt_offset,
         "n_response_tokens": result.n_response_tokens,
@@ -47,10 +48,40 @@ def result_json(result: ScoreResult) -> dict[str, Any]:
     }
 
 
-def _messages(question: str, system: str | None) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": question})
-    return messages
+def _read_context(value: str | None) -> str | None:
+    """``--context TEXT`` or ``--context @FILE``."""
+    if value is None or not value.startswith("@"):
+        return value
+    from pathlib import Path
+
+    from gradguard.errors import InputError
+
+    path = Path(value[1:])
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"--context {value}: cannot read {path} ({exc.strerror}); pass the text or @FILE of a readable file") from None
+
+
+def _task_and_messages(args: argparse.Namespace) -> tuple[str, list[dict[str, str]]]:
+    """The task and the chat messages: ``--context`` formats the ``rag`` prompt; a bare question is ``chat``."""
+    from gradguard.errors import InputError
+    from gradguard.tasks import BUILTIN_TASKS
+
+    context = _read_context(args.context)
+    task = args.task or ("rag" if context is not None else "chat" if not args.system else None)
+    if context is not None:
+        spec = BUILTIN_TASKS.get(task or "rag")
+        if spec is None or not spec.needs_context:
+            raise InputError(f"--context formats the rag prompt, but --task is {task!r}; drop --task or use --task rag")
+        if args.system:
+            raise InputError("--context uses the rag task's own system prompt; drop --system")
+        return task or "rag", spec.messages(args.question, context)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": args.question})
+    if task is None:
+        task = "closed-qa" if args.system == BUILTIN_TASKS["closed-qa"].system_prompt else "chat"
+    return task, messages
 
 
 def _print(result: ScoreResult, as_json: bool) -> None:
@@ -63,6 +94,11 @@ def _print(result: ScoreResult, as_json: bool) -> None:
         print("(unscored: the answer is empty; treat it as unconfident)")
         return
     confidence = "n/a (uncalibrated)" if result.confidence is None else f"{result.confidence:.3f}"
+    if result.calibration is not None:
+        domain = "" if result.in_domain is not False else "  OUT OF DOMAIN: the calibration has not seen answers like this"
+        confidence += f"  (task {result.task}, calibrated on {result.calibration.data}){domain}"
+    elif result.task:
+        confidence += f"  (task {result.task})"
     print(f"confidence  {confidence}")
     print(f"hybridgrad  {result.hybridgrad:.4g}   (uncertainty: larger = less confident)")
     print(f"semgrad     {result.semgrad:.4g}")
@@ -76,8 +112,9 @@ def _print(result: ScoreResult, as_json: bool) -> None:
 def _cmd_ask(args: argparse.Namespace) -> int:
     from gradguard.scorer import GradScorer
 
-    scorer = GradScorer.from_pretrained(args.model, spt_offset=args.spt_offset)
-    result = scorer.generate_and_score(_messages(args.question, args.system), max_new_tokens=args.max_new_tokens)
+    task, messages = _task_and_messages(args)
+    scorer = GradScorer.from_pretrained(args.model, spt_offset=args.spt_offset, task=task)
+    result = scorer.generate_and_score(messages, max_new_tokens=args.max_new_tokens)
     _print(result, args.json)
     return 0
 
@@ -85,8 +122,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from gradguard.scorer import GradScorer
 
-    scorer = GradScorer.from_pretrained(args.model, spt_offset=args.spt_offset)
-    result = scorer.score(_messages(args.question, args.system), args.answer)
+    task, messages = _task_and_messages(args)
+    scorer = GradScorer.from_pretrained(args.model, spt_offset=args.spt_offset, task=task)
+    result = scorer.score(messages, args.answer)
     _print(result, args.json)
     return 0
 
@@ -94,6 +132,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="Hub id, local folder or .gguf file (default: the embedded model)")
     parser.add_argument("--system", default=None, help="an optional system message")
+    parser.add_argument(
+        "--context",
+        default=None,
+        help="a passage to answer from (TEXT or @FILE): formats the rag prompt and implies --task rag",
+    )
+    parser.add_argument(
+        "--task",
+        default=None,
+        help="calibration task: chat (default for a bare question), rag (with --context), closed-qa, or a calibrated one",
+    )
     parser.add_argument("--spt-offset", type=int, default=None, help="override the semantic-preserving offset (negative)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -26,9 +26,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from gradguard.head_gradient import head_gradients, token_stats
+from gradguard.result import HiddenStates
 
 __all__ = ["RawScores", "fast_scores", "crop_cache", "decoder_layers", "logit_softcap"]
-
 
 @dataclass(frozen=True)
 class RawScores:
@@ -39,6 +39,7 @@ class RawScores:
     exgrad: float
     entropy: list[float]
     nll: list[float]
+    hidden: HiddenStates | None = None
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
@@ -90,6 +91,42 @@ def prefill(model: PreTrainedModel, prefix_ids: Sequence[int]) -> DynamicCache:
 
 
 @contextmanager
+def _capture_layer_inputs(layers: torch.nn.ModuleList, wanted: Sequence[int], into: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Hooks: keep a detached copy of the input of each layer in ``wanted`` (scoring thread only)."""
+    owner = threading.get_ident()
+
+    def hook_for(index: int) -> Any:
+        def keep(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if threading.get_ident() == owner:
+                into[index] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        return keep
+
+    handles = [layers[i].register_forward_pre_hook(hook_for(i), with_kwargs=True) for i in wanted]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _hidden_states(
+    layer_inputs: dict[int, torch.Tensor], u: torch.Tensor, layers: Sequence[int], b: int, first: int, n_tokens: int
+) -> HiddenStates:
+    """The probe's hidden states of batch row ``b`` (segment index ``first`` is the last prompt token)."""
+    rows = [(layer_inputs[l] if l in layer_inputs else u)[b].detach().float() for l in layers]
+    stacked = torch.stack(rows)  # (k, width, d)
+    last = first + n_tokens - 1
+    states = {
+        "spt": stacked[:, 0],
+        "prompt_last": stacked[:, first],
+        "answer_last": stacked[:, last],
+        "answer_mean": stacked[:, first : last + 1].mean(dim=1),
+    }
+    return HiddenStates(layers=tuple(layers), states={k: v.cpu().numpy() for k, v in states.items()})
+
+
+@contextmanager
 def _graph_from_layer(layers: torch.nn.ModuleList, start: int, stop: int, captured: list[torch.Tensor]) -> Iterator[None]:
     """Hooks: the input of ``layers[start]`` becomes a leaf that starts the graph; inputs of ``start…stop−1`` are kept.
 
@@ -129,10 +166,13 @@ def fast_scores(
     spt_position: int,
     layer_span: tuple[int, int],
     cache: DynamicCache | None = None,
+    hidden_layers: Sequence[int] = (),
 ) -> list[RawScores]:
     """Score several non-empty responses to one prompt in one batch.
 
-    ``cache``, if given, holds at least the first ``spt_position`` prompt positions (batch 1,
+    ``hidden_layers`` (indices ``0 … L``; ``L`` = the final normed output) selects hidden states
+    this pass computes anyway to return in :attr:`RawScores.hidden` (see :class:`HiddenStates`);
+    they cost no extra forward pass. ``cache``, if given, holds at least the first ``spt_position`` prompt positions (batch 1,
     or batch ``len(responses)`` with identical prefixes, as ``generate`` returns); it is
     consumed. Without one the prefix is prefilled here without a graph.
     """
@@ -160,10 +200,19 @@ def fast_scores(
 
     layers = decoder_layers(model)
     start, stop = layer_span
+    hidden_layers = tuple(int(l) for l in hidden_layers)
+    bad = [l for l in hidden_layers if not 0 <= l <= len(layers)]
+    if bad:
+        raise ValueError(f"hidden_layers {bad} are outside [0, {len(layers)}] (layer {len(layers)} is the final output)")
+    layer_inputs: dict[int, torch.Tensor] = {}
     captured: list[torch.Tensor] = []
     grad_mode = torch.is_grad_enabled()
     try:
-        with torch.no_grad(), _graph_from_layer(layers, start, stop, captured):
+        with (
+            torch.no_grad(),
+            _capture_layer_inputs(layers, [l for l in hidden_layers if l < len(layers)], layer_inputs),
+            _graph_from_layer(layers, start, stop, captured),
+        ):
             out = model.get_decoder()(input_ids=ids, past_key_values=cropped, use_cache=True)
             torch.set_grad_enabled(True)
             u = out.last_hidden_state  # (B, width, d), the LM-head input, with a graph above `start`
@@ -197,7 +246,8 @@ def fast_scores(
                 exgrad=head.exgrad_l1 / (vocab * width_d),
                 entropy=stats.entropy.tolist(),
                 nll=stats.nll.tolist(),
+                hidden=_hidden_states(layer_inputs, u, hidden_layers, b, first, len(responses[b])) if hidden_layers else None,
             )
         )
-    del grads, u, captured, cropped, grad_u
+    del grads, u, captured, cropped, grad_u, layer_inputs
     return results

@@ -3,32 +3,62 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ScoreResult", "Timings", "UNCERTAINTY_KEYS", "SCORE_LABELS"]
+from gradguard.scores import SCORE_LABELS, UNCERTAINTY_KEYS
 
-#: The uncertainty scores reported in every integration's metadata, in this order.
-UNCERTAINTY_KEYS: tuple[str, ...] = (
-    "hybridgrad",
-    "semgrad",
-    "paragrad",
-    "exgrad",
-    "g_nll",
-    "mean_nll",
-    "mean_entropy",
+__all__ = ["ScoreResult", "Timings", "CalibrationInfo", "METADATA_KEYS", "HiddenStates", "HIDDEN_POSITIONS", "UNCERTAINTY_KEYS", "SCORE_LABELS"]
+
+#: The keys of :meth:`ScoreResult.metadata`, the schema every integration publishes (``unscored_metadata`` adds ``error``).
+METADATA_KEYS: tuple[str, ...] = (
+    "confidence",
+    "uncertainty",
+    "task",
+    "calibration",
+    "in_domain",
+    "domain_distance",
+    "domain_percentile",
+    "model",
+    "profile",
+    "spt_offset",
+    "n_response_tokens",
+    "scored",
 )
 
-#: Display names of the uncertainty scores, for tables and plots.
-SCORE_LABELS: dict[str, str] = {
-    "hybridgrad": "HybridGrad",
-    "semgrad": "SemGrad",
-    "paragrad": "ParaGrad",
-    "exgrad": "ExGrad",
-    "g_nll": "G-NLL",
-    "mean_nll": "mean NLL",
-    "mean_entropy": "mean entropy",
-}
+#: The positions whose hidden states the scoring pass can hand to a probe, in storage order:
+#: ``spt`` the semantic-preserving token ``s``; ``prompt_last`` the last prompt token ``P−1``;
+#: ``answer_last`` the position that predicts the last answer token ``P+T−2``; ``answer_mean`` the
+#: mean over the positions that predict the answer tokens ``P−1 … P+T−2``.
+HIDDEN_POSITIONS: tuple[str, ...] = ("spt", "prompt_last", "answer_last", "answer_mean")
+
+
+@dataclass(frozen=True)
+class HiddenStates:
+    """Hidden states the scoring pass computed anyway, for a probe: ``states[position][i]`` is layer ``layers[i]``.
+
+    Layer ``l < L`` is the residual stream entering decoder layer ``l`` (``hidden_states[l]`` in
+    Hugging Face terms); layer ``L`` is the final, normed output (the LM-head input). fp32 numpy arrays
+    of shape ``(len(layers), d)``, one per name in :data:`HIDDEN_POSITIONS`.
+    """
+
+    layers: tuple[int, ...]
+    states: dict[str, Any]
+
+
+class CalibrationInfo(BaseModel):
+    """Which calibration produced a confidence: the task, the data it was fitted on, and its cross-validated AUROC."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    data: str = Field(..., description="The calibration data file's name.")
+    sha256: str | None = None
+    n: int = Field(..., description="Scored calibration answers.")
+    judge: str
+    cv_auroc: float | None = Field(None, description="Nested cross-validated AUROC of the confidence for correctness.")
 
 
 class Timings(BaseModel):
@@ -83,11 +113,26 @@ class ScoreResult(BaseModel):
     response: str = ""
     token_ids: tuple[int, ...] = ()
     token_logprobs: tuple[float, ...] = Field((), description="log p(y_t) of each response token.")
+    token_entropies: tuple[float, ...] = Field(
+        (), description="Entropy H_t (nats) of the distribution that predicted each response token; larger = less sure."
+    )
     empty: bool = False
     confidence: float | None = None
     calibrator: str | None = None
+    task: str | None = Field(None, description="The task whose calibration applies (see gradguard.tasks).")
+    calibration: CalibrationInfo | None = None
+    in_domain: bool | None = Field(
+        None, description="False when the answer lies outside the calibration data (confidence unreliable); None if unknown."
+    )
+    domain_distance: float | None = Field(None, description="Mahalanobis distance to the calibration data.")
+    domain_percentile: float | None = Field(
+        None, description="Share (0–100) of held-out calibration answers closer than this one; > 99 is out of domain."
+    )
     model: str | None = None
     profile: str | None = None
+    hidden: HiddenStates | None = Field(
+        None, exclude=True, repr=False, description="Hidden states the scoring pass kept for a calibration probe."
+    )
 
     @property
     def scored(self) -> bool:
@@ -103,14 +148,19 @@ class ScoreResult(BaseModel):
     def metadata(self) -> dict[str, object]:
         """The metadata schema shared by the LangChain and LlamaIndex integrations.
 
-        ``{"confidence", "uncertainty": {...}, "model", "profile", "spt_offset",
-        "n_response_tokens", "scored"}``. NaN scores are reported as ``None`` so the
-        dict is valid JSON.
+        ``{"confidence", "uncertainty": {...}, "task", "calibration": {task, data, sha256, n, judge,
+        cv_auroc}, "in_domain", "domain_distance", "domain_percentile", "model", "profile", "spt_offset",
+        "n_response_tokens", "scored"}``. NaN scores are reported as ``None`` so the dict is valid JSON.
         """
         unc = {k: (v if math.isfinite(v) else None) for k, v in self.uncertainty().items()}
         return {
             "confidence": self.confidence,
             "uncertainty": unc,
+            "task": self.task,
+            "calibration": self.calibration.model_dump() if self.calibration is not None else None,
+            "in_domain": self.in_domain,
+            "domain_distance": self.domain_distance,
+            "domain_percentile": self.domain_percentile,
             "model": self.model,
             "profile": self.profile,
             "spt_offset": self.spt_offset,

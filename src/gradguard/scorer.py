@@ -16,13 +16,16 @@ from typing import Any
 import torch
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 
+from gradguard.calibration.model import predict, required_layers
 from gradguard.errors import ContextLengthError, InputError, UnsupportedModelError
 from gradguard.fast_path import RawScores, decoder_layers, fast_scores
 from gradguard.loading import load_model
 from gradguard.oracle import oracle_scores
 from gradguard.profiles import Profile, ProfileNotFoundError, ProfileWarning, manual_profile, resolve_profile
+from gradguard.profiles.schema import TaskCalibration
 from gradguard.prompting import Messages, end_of_turn_ids, template_prompt, tokenize_response
-from gradguard.result import ScoreResult, Timings
+from gradguard.result import CalibrationInfo, ScoreResult, Timings
+from gradguard.tasks import BUILTIN_TASKS, UnknownTaskError, check_task_name
 
 __all__ = ["GradScorer", "combine_scores"]
 
@@ -65,6 +68,11 @@ class GradScorer:
     ``spt_offset`` (negative: from the end of the chat-templated prompt) and ``layer_span`` (the
     half-open range of decoder layers SemGrad averages over) override it; a calibration then
     applies only if it was fitted with the same settings, else ``confidence`` is None.
+
+    ``task`` names the calibration that turns scores into ``confidence`` (``closed-qa``, ``rag``,
+    ``chat`` or a task the profile was calibrated for; see :mod:`gradguard.tasks`); every scoring
+    method also takes ``task=`` per call. Without one the profile's ``default_task`` applies.
+    A task with no calibration in the profile gives ``confidence=None`` and one warning per task.
     Every public method holds :attr:`lock`, so one scorer may be shared between threads.
     Scoring never modifies the model's parameters or their ``requires_grad`` flags.
     """
@@ -79,6 +87,7 @@ class GradScorer:
         model_name: str | None = None,
         profile: Profile | str | os.PathLike[str] | None = None,
         strict: bool = True,
+        task: str | None = None,
     ) -> None:
         if not isinstance(model, GenerationMixin) or model.get_output_embeddings() is None:
             raise UnsupportedModelError(
@@ -102,6 +111,11 @@ class GradScorer:
         self.layer_span = (int(start), int(stop))
         self.spt_offset = int(spt_offset if spt_offset is not None else self.profile.spt_offset)
         self._eot_ids = end_of_turn_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
+        #: Extra hidden-state layers kept on every result (``result.hidden``); the task's probe layers are
+        #: read in any case (see :class:`~gradguard.result.HiddenStates`).
+        self.hidden_layers: tuple[int, ...] = ()
+        self._warned_tasks: set[str] = set()
+        self.task = self._check_task(task if task is not None else self.profile.default_task)
 
     def _choose_profile(
         self,
@@ -122,11 +136,49 @@ class GradScorer:
             return found
         return manual_profile(self.model, spt_offset, layer_span)
 
+    def _check_task(self, task: str) -> str:
+        name = check_task_name(task)
+        if name not in BUILTIN_TASKS and name not in self.profile.calibrations:
+            raise UnknownTaskError(
+                f"unknown task {name!r}: it is not built in ({sorted(BUILTIN_TASKS)}) and profile {self.profile.name!r} "
+                f"has no calibration for it (calibrated: {sorted(self.profile.calibrations) or 'none'}); calibrate it "
+                f"with `gradguard calibrate --task {name} --prompt-template FILE --data QA.jsonl`"
+            )
+        return name
+
+    def calibration_for(self, task: str | None = None) -> TaskCalibration | None:
+        """The calibration that applies to ``task`` at this scorer's settings, or None (with one warning per task)."""
+        name = self._check_task(task) if task is not None else self.task
+        cal = self.profile.calibrations.get(name)
+        reason = None
+        if cal is None:
+            reason = (
+                f"profile {self.profile.name!r} has no calibration for task {name!r}, so confidence is None; "
+                f"calibrate it with `gradguard calibrate --task {name} --data QA.jsonl --out PROFILE.json`"
+            )
+        elif not cal.applies_to(self.spt_offset, self.layer_span):
+            reason = (
+                f"the {name!r} calibration of profile {self.profile.name!r} was fitted at spt_offset="
+                f"{cal.data.spt_offset}, layer_span={tuple(cal.data.layer_span)}, but this scorer uses spt_offset="
+                f"{self.spt_offset}, layer_span={self.layer_span}; confidence is None (recalibrate with these settings)"
+            )
+            cal = None
+        if reason is not None and name not in self._warned_tasks:
+            self._warned_tasks.add(name)
+            warnings.warn(reason, ProfileWarning, stacklevel=3)
+        return cal
+
     @property
     def calibrated(self) -> bool:
-        """True when results carry a calibrated ``confidence`` (the profile's calibration fits these settings)."""
-        cal = self.profile.calibration
-        return cal is not None and cal.data.spt_offset == self.spt_offset and tuple(cal.data.layer_span) == self.layer_span
+        """True when results of the scorer's task carry a calibrated ``confidence``."""
+        cal = self.profile.calibrations.get(self.task)
+        return cal is not None and cal.applies_to(self.spt_offset, self.layer_span)
+
+    def _layers_for(self, cal: TaskCalibration | None) -> tuple[int, ...]:
+        wanted = set(self.hidden_layers)
+        if cal is not None:
+            wanted.update(required_layers(cal.calibrator, cal.domain))
+        return tuple(sorted(wanted))
 
     @classmethod
     def from_pretrained(
@@ -138,11 +190,19 @@ class GradScorer:
         layer_span: tuple[int, int] | None = None,
         profile: Profile | str | os.PathLike[str] | None = None,
         strict: bool = True,
+        task: str | None = None,
     ) -> GradScorer:
         """Load a model (Hub id, folder, ``.gguf`` file, or ``None`` for the embedded default) and wrap it."""
         model, tokenizer, name = load_model(source, dtype=dtype)
         return cls(
-            model, tokenizer, spt_offset=spt_offset, layer_span=layer_span, model_name=name, profile=profile, strict=strict
+            model,
+            tokenizer,
+            spt_offset=spt_offset,
+            layer_span=layer_span,
+            model_name=name,
+            profile=profile,
+            strict=strict,
+            task=task,
         )
 
     @property
@@ -180,6 +240,8 @@ class GradScorer:
         score_s: float,
         generate_s: float | None = None,
         text: str | None = None,
+        task: str | None = None,
+        cal: TaskCalibration | None = None,
     ) -> ScoreResult:
         scores = combine_scores(raw) if raw is not None else _NAN_SCORES
         logprobs = tuple(-x for x in raw.nll) if raw is not None else ()
@@ -195,33 +257,58 @@ class GradScorer:
             empty=raw is None,
             token_ids=tuple(int(i) for i in response_ids),
             token_logprobs=logprobs,
+            token_entropies=tuple(raw.entropy) if raw is not None else (),
+            hidden=raw.hidden if raw is not None else None,
             model=self.model_name,
             profile=self.profile.name,
+            task=task or self.task,
         )
-        confidence, calibrator = self.profile.confidence(result) if self.calibrated else (None, None)
-        if confidence is None:
-            return result
-        return result.model_copy(update={"confidence": confidence, "calibrator": calibrator})
+        update: dict[str, Any] = {}
+        if cal is not None:
+            pred = predict(cal.calibrator, cal.domain, result)
+            if pred.confidence is not None:
+                update.update(
+                    confidence=pred.confidence,
+                    calibrator=cal.calibrator.kind,
+                    calibration=CalibrationInfo(
+                        task=cal.task.name,
+                        data=cal.data.file,
+                        sha256=cal.data.sha256,
+                        n=cal.n,
+                        judge=cal.data.judge,
+                        cv_auroc=cal.cv.auroc,
+                    ),
+                    in_domain=pred.in_domain,
+                    domain_distance=pred.distance,
+                    domain_percentile=pred.percentile,
+                )
+        if not self.hidden_layers:
+            update["hidden"] = None  # the probe has read them; keep results small
+        return result.model_copy(update=update) if update else result
 
-    def score(self, messages: Messages, response: str | Sequence[int]) -> ScoreResult:
+    def score(self, messages: Messages, response: str | Sequence[int], *, task: str | None = None) -> ScoreResult:
         """Score ``response`` (text or token ids) as the answer to ``messages`` (teacher-forced).
 
         A trailing end-of-turn token in the response is stripped once. A response that is
         empty after tokenization gives a result with ``empty=True`` and NaN scores.
+        ``task`` chooses the calibration (default: the scorer's task).
         """
-        return self.score_many(messages, [response])[0]
+        return self.score_many(messages, [response], task=task)[0]
 
-    def score_many(self, messages: Messages, responses: Sequence[str | Sequence[int]]) -> list[ScoreResult]:
+    def score_many(
+        self, messages: Messages, responses: Sequence[str | Sequence[int]], *, task: str | None = None
+    ) -> list[ScoreResult]:
         """Score several responses to the same ``messages`` in one batch (same results as one by one)."""
         if isinstance(responses, str):
             raise InputError("score_many takes a list of responses; for one response use score()")
         with self.lock:
+            name = self._check_task(task) if task is not None else self.task
             prompt = self.prompt_ids(messages)
             position = self._spt_position(prompt)
             ids = [tokenize_response(self.tokenizer, r, self._eot_ids) for r in responses]
             for r in ids:
                 self._check_length(len(prompt), len(r))
-            return self._score_ids(prompt, position, ids, cache=None)
+            return self._score_ids(prompt, position, ids, cache=None, task=name)
 
     def _score_ids(
         self,
@@ -230,17 +317,29 @@ class GradScorer:
         ids: list[list[int]],
         cache: DynamicCache | None,
         generate_s: float | None = None,
+        task: str | None = None,
     ) -> list[ScoreResult]:
+        name = task or self.task
+        cal = self.calibration_for(name)
         started = time.perf_counter()
         nonempty = [i for i, r in enumerate(ids) if r]
         raws: dict[int, RawScores] = {}
         if nonempty:
             if cache is not None and len(nonempty) != len(ids):
                 cache = None  # a batched cache no longer lines up with the responses; rebuild the prefix
-            batch = fast_scores(self.model, prompt, [ids[i] for i in nonempty], position, self.layer_span, cache=cache)
+            batch = fast_scores(
+                self.model,
+                prompt,
+                [ids[i] for i in nonempty],
+                position,
+                self.layer_span,
+                cache=cache,
+                hidden_layers=self._layers_for(cal),
+            )
             raws = dict(zip(nonempty, batch))
+        results = [self._result(raws.get(i), prompt, r, 0.0, generate_s, task=name, cal=cal) for i, r in enumerate(ids)]
         elapsed = (time.perf_counter() - started) / max(1, len(ids))
-        return [self._result(raws.get(i), prompt, r, elapsed, generate_s) for i, r in enumerate(ids)]
+        return [r.model_copy(update={"timings": Timings(generate_s=generate_s, score_s=elapsed)}) for r in results]
 
     def generate_and_score(
         self,
@@ -248,6 +347,7 @@ class GradScorer:
         *,
         max_new_tokens: int = 256,
         streamer: Any = None,
+        task: str | None = None,
         **generate_kwargs: Any,
     ) -> ScoreResult:
         """Generate an answer to ``messages`` (greedy unless told otherwise) and score it.
@@ -256,7 +356,9 @@ class GradScorer:
         so its cost does not grow with the prompt. ``result.response`` is the answer text
         (end-of-turn token stripped); ``result.timings.generate_s`` the generation time.
         """
-        return self.generate_many(messages, 1, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)[0]
+        return self.generate_many(
+            messages, 1, max_new_tokens=max_new_tokens, streamer=streamer, task=task, **generate_kwargs
+        )[0]
 
     def generate_many(
         self,
@@ -265,6 +367,7 @@ class GradScorer:
         *,
         max_new_tokens: int = 256,
         streamer: Any = None,
+        task: str | None = None,
         **generate_kwargs: Any,
     ) -> list[ScoreResult]:
         """Generate ``n`` completions (pass ``do_sample=True`` for different ones) and score them in one batch."""
@@ -273,6 +376,7 @@ class GradScorer:
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens={max_new_tokens}: must be at least 1")
         with self.lock:
+            name = self._check_task(task) if task is not None else self.task
             prompt = self.prompt_ids(messages)
             position = self._spt_position(prompt)
             self._check_length(len(prompt), 0)
@@ -305,7 +409,7 @@ class GradScorer:
             ids = [self._until_end_of_turn(row[len(prompt) :].tolist()) for row in out.sequences]
             cache = out.past_key_values if isinstance(out.past_key_values, DynamicCache) else None
             del out
-            return self._score_ids(prompt, position, ids, cache=cache, generate_s=generate_s)
+            return self._score_ids(prompt, position, ids, cache=cache, generate_s=generate_s, task=name)
 
     def _until_end_of_turn(self, ids: list[int]) -> list[int]:
         for i, token in enumerate(ids):
@@ -314,7 +418,7 @@ class GradScorer:
         return ids
 
     def oracle(self, messages: Messages, response: str | Sequence[int]) -> ScoreResult:
-        """The same scores by the straightforward computation (slow; for tests and benchmarks)."""
+        """The same scores by the straightforward computation (slow; for tests and benchmarks; no confidence)."""
         with self.lock:
             prompt = self.prompt_ids(messages)
             position = self._spt_position(prompt)

@@ -13,11 +13,12 @@ pytest.importorskip("langchain_core")
 
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage  # noqa: E402
 
+from gradguard.result import METADATA_KEYS  # noqa: E402
 from gradguard import ModelSourceError, UNCERTAINTY_KEYS  # noqa: E402
 from gradguard.integrations.langchain import ChatGradguard, ChatInputError, result_for  # noqa: E402
 from lc_support import tiny_scorer  # noqa: E402
 
-SCHEMA_KEYS = {"confidence", "uncertainty", "model", "profile", "spt_offset", "n_response_tokens", "scored"}
+SCHEMA_KEYS = set(METADATA_KEYS)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from llama_index.core.base.llms.types import ChatMessage  # noqa: E402
 from llama_index.core.llms import MockLLM  # noqa: E402
 from llama_index.llms.huggingface import HuggingFaceLLM  # noqa: E402
 
+from gradguard.result import METADATA_KEYS  # noqa: E402
 from gradguard import GradScorer  # noqa: E402
 from gradguard.integrations.llama_index import (  # noqa: E402
     GradguardEventHandler,
@@ -115,7 +116,7 @@ def test_handler_never_raises_into_the_application(hf_llm: HuggingFaceLLM) -> No
         h.detach()
     meta = response.message.additional_kwargs["gradguard"]
     assert meta["scored"] is False and "scorer exploded" in meta["error"]
-    assert set(meta) >= {"confidence", "uncertainty", "model", "profile", "spt_offset", "n_response_tokens", "scored"}
+    assert set(meta) >= set(METADATA_KEYS)
     assert all(v is None for v in meta["uncertainty"].values())
     assert h.last is not None and "scorer exploded" in (h.last.error or "")
 

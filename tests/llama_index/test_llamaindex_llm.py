@@ -22,6 +22,7 @@ from llama_index.core.instrumentation.events.llm import (  # noqa: E402
     LLMCompletionStartEvent,
 )
 
+from gradguard.result import METADATA_KEYS  # noqa: E402
 from gradguard import GradScorer, ScoreResult  # noqa: E402
 from gradguard.errors import ContextLengthError, InputError  # noqa: E402
 from gradguard.integrations.llama_index import GradguardLlamaIndexError, GradguardLLM, capture_scores  # noqa: E402
@@ -32,7 +33,7 @@ MESSAGES = [ChatMessage(role=MessageRole.USER, content=PROMPT)]
 
 def _meta_ok(meta: dict[str, Any], raw: ScoreResult) -> None:
     assert meta == raw.metadata()
-    assert set(meta) == {"confidence", "uncertainty", "model", "profile", "spt_offset", "n_response_tokens", "scored"}
+    assert set(meta) == set(METADATA_KEYS)
     assert meta["scored"] is True
     assert meta["confidence"] is None  # tiny models are uncalibrated: never a made-up number
     assert all(isinstance(v, float) and v >= 0 for v in meta["uncertainty"].values())

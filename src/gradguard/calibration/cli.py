@@ -1,6 +1,6 @@
-"""``gradguard calibrate``: fit P(correct) from scores on a QA file and store it in a profile.
+"""``gradguard calibrate``: fit a task's P(correct) from answers to a QA file and store it in a profile.
 
-Run before wiring as ``python -m gradguard.calibration.cli calibrate --data FILE --out PROFILE.json``.
+Run before wiring as ``python -m gradguard.calibration.cli calibrate --task rag --data FILE --out PROFILE.json``.
 It reads answers from the per-question cache shared with ``gradguard eval`` (pass the
 same ``--cache``), so nothing is generated twice.
 """
@@ -8,74 +8,150 @@ same ``--cache``), so nothing is generated twice.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from gradguard.result import SCORE_LABELS
+from gradguard.scores import SCORE_LABELS
 
-__all__ = ["register", "main"]
+__all__ = ["register", "main", "default_probe_layers", "resolve_task"]
 
-_LABELS = SCORE_LABELS
+
+def default_probe_layers(num_layers: int) -> tuple[int, ...]:
+    """The hidden layers a probe may read by default: 1/2, 2/3 and 5/6 of the way up (12, 16, 20 of 24).
+
+    All lie in the SemGrad span, which the scoring pass runs anyway.
+    """
+    return tuple(sorted({num_layers // 2, (2 * num_layers) // 3, (5 * num_layers) // 6}))
+
+
+def resolve_task(name: str, prompt_template: str | None, profile: Any = None) -> Any:
+    """The :class:`~gradguard.tasks.Task` called ``name``: from ``prompt_template``, a built-in, or the profile."""
+    from gradguard.tasks import BUILTIN_TASKS, builtin_task, check_task_name, load_task_file
+
+    check_task_name(name)
+    if prompt_template:
+        return load_task_file(prompt_template, name)
+    if name in BUILTIN_TASKS:
+        return BUILTIN_TASKS[name]
+    if profile is not None and name in profile.calibrations:
+        return profile.calibrations[name].task
+    return builtin_task(name)  # raises UnknownTaskError with the fix
 
 
 def _fmt(v: float | None) -> str:
-    return "  n/a" if v is None else f"{v:.3f}"
+    return "  n/a" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "n/a"
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from gradguard.calibration.fit import calibration_from_records
-    from gradguard.evaluation.data import file_sha256, load_qa
-    from gradguard.evaluation.harness import make_scorer, run_harness
+    from tqdm.auto import tqdm
 
-    items = load_qa(args.data, args.n)
+    from gradguard.calibration.fit import fit_task_calibration
+    from gradguard.calibration.harness import make_scorer, run_harness
+    from gradguard.calibration.thresholds import task_threshold
+    from gradguard.data import file_sha256, load_qa
+    from gradguard.fast_path import decoder_layers
+    from gradguard.profiles.io import save_profile
+    from gradguard.profiles.schema import Profile
+
+    items = load_qa(args.data, args.n, shuffle_seed=args.shuffle_seed)
     scorer, profile = make_scorer(
         args.model,
         profile=args.profile,
         spt_offset=args.spt_offset,
         layer_span=tuple(args.layer_span) if args.layer_span else None,
+        device=args.device,
     )
+    task = resolve_task(args.task, args.prompt_template, profile)
+    # Validate the profile this run will write *before* the long part (an override of the offset or span
+    # makes it a manual profile; an SPS matrix that never measured the new offset is dropped).
+    updates: dict[str, Any] = {}
+    if args.spt_offset is not None or args.layer_span is not None:
+        updates.update(spt_offset=scorer.spt_offset, layer_span=tuple(scorer.layer_span), kind="manual")
+        if profile.sps is not None and scorer.spt_offset not in profile.sps.offsets:
+            updates["sps"] = None
+    base = Profile.model_validate({**profile.model_dump(), **updates}) if updates else profile
+    model = getattr(scorer, "model", None)
+    layers = tuple(args.hidden_layers or (default_probe_layers(len(decoder_layers(model))) if model is not None else ()))
+    max_new = args.max_new_tokens or task.max_new_tokens
     records = run_harness(
         scorer,
         items,
         cache_dir=args.cache,
-        system_prompt=args.system_prompt or None,
-        max_new_tokens=args.max_new_tokens,
+        task=task,
+        max_new_tokens=max_new,
+        hidden_layers=layers,
         progress=not args.no_progress,
     )
-    cal = calibration_from_records(
+    steps = tqdm(total=6, desc="fit", unit="step", disable=args.no_progress)
+
+    def on_step(msg: str) -> None:
+        steps.set_postfix_str(msg, refresh=False)
+        steps.update(1)
+
+    report = fit_task_calibration(
         records,
-        judge=args.judge,
+        task,
         data_path=args.data,
         data_sha256=file_sha256(args.data),
-        system_prompt=args.system_prompt or None,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=max_new,
         folds=args.folds,
         seed=args.seed,
+        on_step=on_step,
     )
-    updates = {"calibration": cal}
-    if args.spt_offset is not None or args.layer_span is not None:
-        updates.update(spt_offset=scorer.spt_offset, layer_span=tuple(scorer.layer_span), kind="manual")
-    new = profile.model_copy(update=updates)
-    new = type(new).model_validate(new.model_dump())  # re-validate the combined profile
-    out = args.out or f"{Path(args.data).stem}-calibrated-profile.json"
-    new.save(out)
-
-    print(f"{cal.n} scored answers ({cal.n_correct} correct, judge {cal.data.judge}), {cal.n_unscored} unscored")
-    print(f"{'calibrator':<12} {'CV AUROC':>8} {'95% CI':>15} {'Brier':>6} {'ECE':>6} {'AURC':>6}")
-    for fit in (cal.isotonic, cal.logistic):
-        ci = f"[{_fmt(fit.cv.auroc_ci[0])}, {_fmt(fit.cv.auroc_ci[1])}]" if fit.cv.auroc_ci else "n/a"
-        mark = " *" if fit.kind == cal.chosen else ""
-        print(
-            f"{fit.kind + mark:<12} {_fmt(fit.cv.auroc):>8} {ci:>15} {_fmt(fit.cv.brier):>6} {_fmt(fit.cv.ece):>6} "
-            f"{_fmt(fit.cv.aurc):>6}"
-        )
-    print(f"* chosen ({cal.selection_rule})")
-    print("raw-score AUROC on the same answers: " + ", ".join(f"{_LABELS[k]} {_fmt(v)}" for k, v in cal.baselines_auroc.items()))
+    steps.close()
+    cal = report.calibration
+    new = base.model_copy(update={"calibrations": {**base.calibrations, task.name: cal}})
+    new = Profile.model_validate(new.model_dump())
+    out = args.out or f"{Path(args.data).stem}-{task.name}-profile.json"
+    save_profile(new, out)
+    print(format_report(report))
     for eps in args.epsilon or []:
-        r = new.threshold(eps, args.delta)
+        r = task_threshold(new, task.name, eps, args.delta)
         print(f"epsilon={eps:g}, delta={args.delta:g}: {r.message}")
-    print(f"wrote {out}")
+    if args.plots:
+        from gradguard.calibration.plots import plot_calibration
+
+        for path in plot_calibration(report, args.plots):
+            print(f"wrote {path}")
+    print(f"wrote {out} (task {task.name})")
     return 0
+
+
+def format_report(report: Any) -> str:
+    """The calibration's figures as text: counts, the ablation, raw scores, gains and the domain flag."""
+    cal = report.calibration
+    lines = [
+        f"task {cal.task.name}: {cal.n} scored answers from {cal.data.file} ({cal.n_correct} correct, judge "
+        f"{cal.data.judge}), {cal.n_unscored} unscored; {cal.folds}-fold nested CV, folds grouped by title/context",
+        "",
+        f"{'features':<20} {'CV AUROC':>8} {'95% CI':>15} {'Brier':>6} {'ECE':>6} {'AURC':>6}",
+    ]
+    for name, fig in cal.ablation.items():
+        mark = " *" if name == list(cal.ablation)[-1] else ""
+        lines.append(
+            f"{name + mark:<20} {_fmt(fig.auroc):>8} {_ci(fig.auroc_ci):>15} {_fmt(fig.brier):>6} {_fmt(fig.ece):>6} "
+            f"{_fmt(fig.aurc):>6}"
+        )
+    lines.append("* shipped: " + cal.selection.split(";")[0])
+    lines.append("")
+    lines.append(f"{'raw score':<14} {'AUROC':>6}   confidence − score [95% CI]")
+    for name, value in cal.baselines_auroc.items():
+        gain = cal.gains.get(name)
+        g = f"{gain.diff:+.3f} {_ci(gain.ci)}" if gain is not None else "n/a"
+        lines.append(f"{SCORE_LABELS.get(name, name):<14} {_fmt(value):>6}   {g}")
+    if cal.domain is not None:
+        lines.append("")
+        lines.append(
+            f"out-of-domain flag: edge = {cal.domain.edge_quantile:.0%} quantile of held-out distances "
+            f"({cal.domain.edge:.2f}); fires on {_fmt(cal.domain_fire_rate)} of held-out answers of this task"
+        )
+    return "\n".join(lines)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -84,17 +160,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = subparsers.add_parser(
         "calibrate",
-        help="fit calibrated confidence (P(answer correct)) and store it in a profile",
-        description="Generate and score answers (reusing the per-question cache), judge them, cross-validate "
-        "isotonic regression on HybridGrad and a regularised logistic model over all single-pass features, keep "
-        "the better one, and write the profile with its calibration.",
+        help="fit a task's calibrated confidence (P(answer correct)) and store it in a profile",
+        description="Generate and score answers the way the task asks them (reusing the per-question cache), label "
+        "them for the task, fit a logistic model over the gradient scores, token statistics and hidden-state probes "
+        "by nested grouped cross-validation, print the ablation, and write the profile with the task's calibration.",
     )
     add_generation_arguments(p)
-    p.add_argument("--n", type=int, default=500, help="use the first N questions (default 500)")
+    p.add_argument("--n", type=int, default=None, help="use N questions (default all)")
+    p.add_argument("--shuffle-seed", type=int, default=None, help="shuffle the questions with this seed before taking N")
     p.add_argument("--cache", default="gradguard-cache", help="per-question cache folder, shared with `eval --cache`")
-    p.add_argument("--out", default=None, help="profile JSON to write (default <data>-calibrated-profile.json)")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--out", default=None, help="profile JSON to write (default <data>-<task>-profile.json)")
+    p.add_argument(
+        "--hidden-layers", type=int, nargs="+", default=None, help="layers a probe may read (default 1/2, 2/3, 5/6 up)"
+    )
+    p.add_argument("--folds", type=int, default=5, help="outer cross-validation folds (default 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plots", default=None, help="folder for the reliability diagram and risk–coverage plot")
     p.add_argument("--epsilon", type=float, nargs="*", default=None, help="also print risk-controlled thresholds")
     p.add_argument("--delta", type=float, default=0.1, help="failure probability for --epsilon (default 0.1)")
     p.set_defaults(func=_cmd_calibrate)

@@ -1,119 +1,215 @@
-"""From cached, judged answers to a profile :class:`~gradguard.profiles.schema.Calibration`."""
+"""From cached, labelled answers to a profile's :class:`~gradguard.profiles.schema.TaskCalibration`.
+
+1. Label every answer for its task (:func:`gradguard.calibration.labels.label_answer`).
+2. Nested, grouped cross-validation (:mod:`gradguard.calibration.probe_fit`) of four feature
+   sets — gradient scores only, token statistics only, the hidden-state probe only, all together —
+   gives the ablation; the shipped calibrator is *all together*, refitted on every answer with
+   the candidate an inner CV on all of them chooses.
+3. The domain description is fitted on every answer; its edge is the 99th percentile of held-out
+   distances, and its held-out fire rate is measured with edges chosen inside each training fold.
+4. Every raw score's AUROC on the same answers, and the paired-bootstrap gain of the confidence over each.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
-from gradguard.calibration.calibrators import CalibrationError, CalibrationFit, fit_calibrators
-from gradguard.calibration.features import ALL_FEATURES, feature_matrix
-from gradguard.calibration.metrics import auroc, confidence_from_uncertainty
-from gradguard.evaluation.harness import CachedRecord
-from gradguard.evaluation.report import judge_records
-from gradguard.profiles.schema import (
-    Calibration,
-    CalibrationData,
-    CVFigures,
-    IsotonicCalibrator,
-    LogisticCalibrator,
-    finite_or_none,
-    finite_pairs,
+from gradguard.calibration.harness import CachedRecord
+from gradguard.calibration.labels import label_answer
+from gradguard.calibration.metrics import aurc, auroc, bootstrap_ci, brier, ece
+from gradguard.calibration.model import scalar_features
+from gradguard.calibration.probe_fit import (
+    CalibrationError,
+    FeatureSet,
+    FitData,
+    NestedResult,
+    candidate_configs,
+    choose_config,
+    fit_config,
+    fit_domain,
+    heldout_domain_figures,
+    nested_cv,
 )
-from gradguard.result import UNCERTAINTY_KEYS, ScoreResult
+from gradguard.profiles.schema import AurocGain, CalibrationData, CVFigures, TaskCalibration, finite_or_none, finite_pairs
+from gradguard.scores import FEATURES, GRADIENT_FEATURES, SCORES, TOKEN_FEATURES
+from gradguard.tasks import Task
 
-__all__ = ["SELECTION_RULE", "calibration_from_records", "calibration_from_fit"]
+__all__ = ["ABLATION", "SHIPPED", "FitReport", "fit_data_from_records", "fit_task_calibration", "paired_gain"]
 
-SELECTION_RULE = "highest cross-validated AUROC; within 0.005 AUROC, lowest cross-validated Brier score"
+#: The feature sets of the ablation, in report order; the last one is shipped.
+ABLATION: tuple[FeatureSet, ...] = (
+    FeatureSet("gradients", GRADIENT_FEATURES, False),
+    FeatureSet("token statistics", TOKEN_FEATURES, False),
+    FeatureSet("hidden-state probe", (), True),
+    FeatureSet("all together", FEATURES, True),
+)
+SHIPPED = ABLATION[-1].name
 
 
-def _cv(fit: CalibrationFit, name: str) -> CVFigures:
-    r = fit.reports[name]
+@dataclass(frozen=True)
+class FitReport:
+    """What a calibration fit measured, for printing (the profile keeps the same figures)."""
+
+    calibration: TaskCalibration
+    ablation: dict[str, NestedResult]
+    y: NDArray[np.float64]
+    features: NDArray[np.float64]
+    raw_auroc: dict[str, float]
+    heldout_distances: NDArray[np.float64]
+
+
+def fit_data_from_records(
+    records: Sequence[CachedRecord], task: Task, *, source: str = "the calibration data"
+) -> tuple[FitData, int]:
+    """``(FitData, n_unscored)``: scalar features, hidden states, labels and fold groups of the scored answers."""
+    X, y, groups, hidden = [], [], [], []
+    group_ids: dict[str, int] = {}
+    layers: tuple[int, ...] | None = None
+    n_unscored = 0
+    settings = set()
+    for rec in records:
+        res = rec.result
+        x = scalar_features(res, FEATURES) if res is not None else None
+        if x is None:
+            n_unscored += 1
+            continue
+        settings.add((res.spt_offset, tuple(res.layer_span)))
+        arr = rec.hidden_array()
+        if arr is not None:
+            if layers is None:
+                layers = rec.hidden_layers
+            elif rec.hidden_layers != layers:
+                raise CalibrationError(f"answers in {source} kept different hidden layers; re-collect them with one setting")
+        hidden.append(arr)
+        X.append(x)
+        y.append(float(label_answer(task, res.response, rec.answers, rec.is_impossible)))
+        groups.append(group_ids.setdefault(rec.group or f"index:{rec.index}", len(group_ids)))
+    if not X:
+        raise CalibrationError(f"none of the {len(records)} answers in {source} was scored; nothing to calibrate")
+    if len(settings) != 1:
+        raise CalibrationError(f"the answers in {source} were scored at different offsets/layer spans {sorted(settings)}")
+    yy = np.asarray(y)
+    if yy.min() == yy.max():
+        outcome = "correct" if yy[0] == 1 else "wrong"
+        raise CalibrationError(
+            f"all {yy.size} scored answers in {source} are {outcome} under task {task.name!r} (judge {task.judge}); "
+            "calibration needs both right and wrong answers — use a mix of easier and harder questions, or check "
+            "that the judge and the gold answers fit the task"
+        )
+    H = None
+    if layers is not None and all(h is not None for h in hidden):
+        H = np.stack(hidden).astype(np.float32)
+    elif layers is not None:
+        raise CalibrationError(f"some answers in {source} kept hidden states and some did not; re-collect them")
+    data = FitData(
+        X=np.vstack(X), features=FEATURES, H=H, layers=tuple(layers or ()), y=yy, groups=np.asarray(groups, dtype=np.int64)
+    )
+    return data, n_unscored
+
+
+def paired_gain(conf: NDArray[np.float64], uncertainty: NDArray[np.float64], y: NDArray[np.float64], *, n_boot: int, seed: int) -> AurocGain:
+    """``AUROC(conf) − AUROC(−uncertainty)`` with a paired percentile-bootstrap 95% interval."""
+
+    def diff(c: NDArray[np.float64], u: NDArray[np.float64], yy: NDArray[np.float64]) -> float:
+        return auroc(c, yy) - auroc(-u, yy)
+
+    lo, hi = bootstrap_ci(diff, conf, uncertainty, y, n_boot=n_boot, seed=seed)
+    return AurocGain(diff=float(diff(conf, uncertainty, y)), ci=(float(lo), float(hi)))
+
+
+def _figures(oof: NDArray[np.float64], y: NDArray[np.float64], *, n_boot: int, seed: int) -> CVFigures:
     return CVFigures(
-        auroc=finite_or_none(r.auroc),
-        auroc_ci=finite_pairs(r.auroc_ci),
-        brier=finite_or_none(r.brier),
-        ece=finite_or_none(r.ece),
-        aurc=finite_or_none(r.aurc),
+        auroc=finite_or_none(auroc(oof, y)),
+        auroc_ci=finite_pairs(bootstrap_ci(auroc, oof, y, n_boot=n_boot, seed=seed)),
+        brier=finite_or_none(brier(oof, y)),
+        ece=finite_or_none(ece(oof, y)),
+        aurc=finite_or_none(aurc(oof, y)),
     )
 
 
-def calibration_from_fit(
-    fit: CalibrationFit,
-    correct: np.ndarray,
-    *,
-    n_unscored: int,
-    data: CalibrationData,
-    baselines_auroc: dict[str, float | None],
-) -> Calibration:
-    """Package a :class:`CalibrationFit` (both calibrators + CV figures) for storage in a profile."""
-    chosen = fit.reports[fit.chosen]
-    lg = fit.logistic
-    return Calibration(
-        chosen=fit.chosen,  # type: ignore[arg-type]
-        selection_rule=SELECTION_RULE,
-        isotonic=IsotonicCalibrator(x=fit.isotonic.x, y=fit.isotonic.y, cv=_cv(fit, "isotonic")),
-        logistic=LogisticCalibrator(
-            features=lg.features, mean=lg.mean, scale=lg.scale, coef=lg.coef, intercept=lg.intercept, C=lg.C,
-            cv=_cv(fit, "logistic"),
-        ),
-        n=int(correct.size),
-        n_unscored=n_unscored,
-        n_correct=int(correct.sum()),
-        folds=fit.folds,
-        seed=fit.seed,
-        auroc=finite_or_none(chosen.auroc),
-        auroc_ci=finite_pairs(chosen.auroc_ci),
-        aurc=finite_or_none(chosen.aurc),
-        ece=finite_or_none(chosen.ece),
-        baselines_auroc=baselines_auroc,
-        data=data,
-        holdout_confidence=tuple(round(float(v), 6) for v in chosen.oof),
-        holdout_correct=tuple(int(v) for v in correct),
-    )
-
-
-def calibration_from_records(
+def fit_task_calibration(
     records: Sequence[CachedRecord],
+    task: Task,
     *,
-    judge: str = "containment",
     data_path: str,
     data_sha256: str | None,
-    system_prompt: str | None,
     max_new_tokens: int,
     folds: int = 5,
     seed: int = 0,
-) -> Calibration:
-    """Judge the answers, cross-validate and fit both calibrators, and return the profile's calibration.
+    n_boot: int = 1000,
+    feature_sets: Sequence[FeatureSet] = ABLATION,
+    on_step: Callable[[str], None] | None = None,
+) -> FitReport:
+    """Fit, cross-validate and describe the calibration of ``task`` on its answers (see the module docstring)."""
+    step = on_step or (lambda _msg: None)
+    source = Path(data_path).name
+    data, n_unscored = fit_data_from_records(records, task, source=source)
+    probes = data.H is not None
+    sets = [fs if probes else FeatureSet(fs.name, fs.features, False) for fs in feature_sets]
+    sets = [fs for fs in sets if fs.features or fs.probes]
+    results: dict[str, NestedResult] = {}
+    for fs in sets:
+        step(f"nested cross-validation: {fs.name}")
+        results[fs.name] = nested_cv(fs, data, layers=data.layers, outer_folds=folds, seed=seed)
+    shipped = results[sets[-1].name]
 
-    Only scored answers enter the fit; unscored ones (empty answers) are counted in
-    ``n_unscored`` (they never get a confidence, so a threshold never accepts them).
-    ``baselines_auroc`` holds each raw score's AUROC on the same scored answers.
-    """
-    y_all = judge_records(records, judge)
-    results: list[ScoreResult | None] = [r.result for r in records]
-    scored_results = [r for r in results if r is not None and r.scored]
-    if not scored_results:
-        raise CalibrationError("none of the answers was scored; nothing to calibrate")
-    offsets = {(r.spt_offset, tuple(r.layer_span)) for r in scored_results}
-    if len(offsets) != 1:
-        raise CalibrationError(f"the answers were scored at different offsets/layer spans {sorted(offsets)}; use one setting")
-    X, mask = feature_matrix(scored_results, ALL_FEATURES)
-    scored_idx = [i for i, r in enumerate(results) if r is not None and r.scored]
-    keep = np.asarray(scored_idx)[mask]
-    y = y_all[keep]
-    fit = fit_calibrators(X, y, features=ALL_FEATURES, folds=folds, seed=seed)
-    kept = [results[i] for i in keep]
-    baselines = {k: finite_or_none(auroc(confidence_from_uncertainty([getattr(r, k) for r in kept]), y)) for k in UNCERTAINTY_KEYS}
-    offset, span = next(iter(offsets))
-    data = CalibrationData(
-        path=data_path,
-        sha256=data_sha256,
-        n_questions=len(records),
-        system_prompt=system_prompt,
-        max_new_tokens=max_new_tokens,
-        judge=judge,
-        spt_offset=offset,
-        layer_span=span,  # type: ignore[arg-type]
+    step("final fit on every answer")
+    final_cfg = choose_config(candidate_configs(sets[-1], data.layers), data, seed=seed)
+    calibrator = fit_config(final_cfg, data).record()
+
+    domain = None
+    fire_rate = None
+    heldout = np.zeros(0)
+    if probes:
+        step("domain description")
+        block_layer = final_cfg.blocks[0][1] if final_cfg.blocks else data.layers[len(data.layers) // 2]
+        blocks = [("prompt_last", block_layer), ("answer_mean", block_layer)]
+        heldout, fire_rate = heldout_domain_figures(data, FEATURES, blocks, folds=folds, seed=seed)
+        domain = fit_domain(data, FEATURES, blocks, heldout=heldout)
+
+    y = data.y
+    raw = {s.name: auroc(-data.X[:, FEATURES.index(s.feature)], y) for s in SCORES if s.uncertainty}
+    gains = {
+        s.name: paired_gain(shipped.oof, data.X[:, FEATURES.index(s.feature)], y, n_boot=n_boot, seed=seed)
+        for s in SCORES
+        if s.uncertainty
+    }
+    scored = next(rec.result for rec in records if rec.result is not None)
+    spt_offset, layer_span = scored.spt_offset, tuple(scored.layer_span)
+    chosen_by_fold = "; ".join(c.describe() for c in shipped.chosen)
+    cal = TaskCalibration(
+        task=task,
+        calibrator=calibrator,
+        domain=domain,
+        data=CalibrationData(
+            file=source,
+            sha256=data_sha256,
+            n_questions=len(records),
+            judge=task.judge,
+            max_new_tokens=max_new_tokens,
+            spt_offset=spt_offset,
+            layer_span=layer_span,  # type: ignore[arg-type]
+        ),
+        n=int(y.size),
+        n_correct=int(y.sum()),
+        n_unscored=n_unscored,
+        folds=folds,
+        seed=seed,
+        selection=(
+            f"logistic over {sets[-1].name}: {final_cfg.describe()} (inner grouped CV log-loss); outer folds chose: "
+            f"{chosen_by_fold}"
+        ),
+        cv=_figures(shipped.oof, y, n_boot=n_boot, seed=seed),
+        ablation={name: _figures(r.oof, y, n_boot=n_boot, seed=seed) for name, r in results.items()},
+        baselines_auroc={k: finite_or_none(v) for k, v in raw.items()},
+        gains=gains,
+        domain_fire_rate=fire_rate,
+        holdout_confidence=tuple(round(float(v), 6) for v in shipped.oof),
+        holdout_correct=tuple(int(v) for v in y),
     )
-    return calibration_from_fit(fit, y, n_unscored=len(records) - int(y.size), data=data, baselines_auroc=baselines)
+    return FitReport(calibration=cal, ablation=results, y=y, features=data.X, raw_auroc=raw, heldout_distances=heldout)

@@ -30,6 +30,8 @@ threshold is returned.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +40,8 @@ from gradguard.errors import InputError
 
 __all__ = [
     "ThresholdResult",
+    "task_calibration",
+    "task_threshold",
     "clopper_pearson_upper",
     "binomial_p_value",
     "choose_threshold",
@@ -208,3 +212,33 @@ def choose_threshold(
             f"({coverage:.1%}) were accepted, {e} of them wrong."
         ),
     )
+
+
+def task_calibration(profile: Any, task: str | None = None) -> Any:
+    """The :class:`~gradguard.profiles.schema.TaskCalibration` of ``task`` (default: the profile's default task).
+
+    Raises :class:`~gradguard.profiles.errors.CalibrationMissingError` naming the
+    ``gradguard calibrate`` command when the profile has no calibration for that task.
+    """
+    from gradguard.profiles.errors import CalibrationMissingError
+
+    name = task or profile.default_task
+    cal = profile.calibrations.get(name)
+    if cal is None:
+        have = sorted(profile.calibrations) or "none"
+        raise CalibrationMissingError(
+            f"profile {profile.name!r} has no calibration for task {name!r} (calibrated tasks: {have}); run "
+            f"`gradguard calibrate --task {name} --data QA.jsonl --out PROFILE.json` first"
+        )
+    return cal
+
+
+def task_threshold(profile: Any, task: str | None, epsilon: float, delta: float = 0.1) -> ThresholdResult:
+    """The risk-controlled confidence threshold of one task of a calibrated profile.
+
+    Accepting answers with ``confidence >= threshold`` keeps their error rate ≤ ``epsilon``
+    with probability ≥ 1 − ``delta`` (over the calibration sample), using the stored
+    out-of-fold confidences. ``feasible`` is False when no threshold does.
+    """
+    cal = task_calibration(profile, task)
+    return choose_threshold(cal.holdout_confidence, cal.holdout_correct, epsilon, delta, n_unscored=cal.n_unscored)

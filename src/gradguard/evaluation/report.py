@@ -1,9 +1,11 @@
 """Judge cached answers and report how well each score separates right from wrong.
 
-For every method — the uncertainty scores HybridGrad, SemGrad, ParaGrad, ExGrad, G-NLL,
-mean NLL and mean entropy (larger = less confident), plus the calibrated ``confidence``
-when the profile has one (larger = more confident) — the report gives AUROC with a
-bootstrap 95% interval, AURC and PRR (:mod:`gradguard.calibration.metrics`). Unscored
+Answers are labelled for their task (:func:`gradguard.calibration.labels.label_answer`: the
+task's judge on answerable questions; declining on unanswerable ones). For every method — the
+uncertainty scores of :data:`gradguard.scores.SCORES` (larger = less confident), plus the
+calibrated ``confidence`` when the profile has one for the task (larger = more confident) —
+the report gives AUROC with a bootstrap 95% interval, AURC and PRR
+(:mod:`gradguard.calibration.metrics`), and the answer accuracy and decline rates. Unscored
 answers (empty, or scoring failed) count as wrong and least confident.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gradguard.calibration.judge import get_judge
+from gradguard.calibration.labels import label_answer
 from gradguard.calibration.metrics import (
     aurc,
     auroc,
@@ -29,8 +31,10 @@ from gradguard.calibration.metrics import (
     prr,
     risk_coverage_curve,
 )
-from gradguard.evaluation.harness import CachedRecord
-from gradguard.result import SCORE_LABELS, UNCERTAINTY_KEYS
+from gradguard.calibration.harness import CachedRecord
+from gradguard.calibration.model import predict
+from gradguard.scores import SCORE_BY_NAME, SCORE_LABELS, SCORES
+from gradguard.tasks import Task, builtin_task
 
 __all__ = [
     "METHODS",
@@ -48,7 +52,7 @@ __all__ = [
 ]
 
 #: Reported methods (uncertainty scores), in table order.
-METHODS: tuple[str, ...] = UNCERTAINTY_KEYS
+METHODS: tuple[str, ...] = tuple(s.name for s in SCORES if s.uncertainty)
 _LABELS = {
     **SCORE_LABELS,
     "confidence": "confidence",
@@ -79,7 +83,11 @@ class EvalSummary:
     spt_offset: int | None
     layer_span: tuple[int, int] | None
     methods: list[MethodMetrics] = field(default_factory=list)
-    accuracy_f1: float | None = None
+    task: str = "closed-qa"
+    n_unanswerable: int = 0
+    decline_rate_unanswerable: float | None = None
+    decline_rate_answerable: float | None = None
+    accuracy_answerable: float | None = None
 
     @property
     def accuracy(self) -> float:
@@ -87,20 +95,37 @@ class EvalSummary:
         return self.n_correct / self.n if self.n else float("nan")
 
 
-def judge_records(records: Sequence[CachedRecord], judge: str = "containment") -> NDArray[np.int64]:
-    """0/1 correctness of each record's answer (no answer = wrong)."""
-    j = get_judge(judge)
+def judge_records(records: Sequence[CachedRecord], task: Task) -> NDArray[np.int64]:
+    """0/1 correctness of each record's answer under ``task`` (no answer = wrong)."""
     return np.array(
-        [int(r.result is not None and not r.result.empty and j(r.result.response, r.answers)) for r in records],
+        [
+            int(
+                r.result is not None
+                and not r.result.empty
+                and label_answer(task, r.result.response, r.answers, r.is_impossible)
+            )
+            for r in records
+        ],
         dtype=np.int64,
     )
 
 
-def method_confidences(records: Sequence[CachedRecord], method: str, profile: Any = None) -> NDArray[np.float64]:
+def _record_confidence(record: CachedRecord, calibration: Any) -> float | None:
+    res = record.result
+    if res is None or not res.scored:
+        return None
+    if calibration is None:
+        return res.confidence
+    hidden = record.hidden_states()
+    return predict(calibration.calibrator, calibration.domain, res.model_copy(update={"hidden": hidden})).confidence
+
+
+def method_confidences(records: Sequence[CachedRecord], method: str, calibration: Any = None) -> NDArray[np.float64]:
     """Confidence (larger = more confident) of each record under ``method``; unscored → −inf.
 
-    For an uncertainty score this is its negation; for ``"confidence"`` it is the
-    profile's calibrated probability (or the one stored in the result when no profile is given).
+    For an uncertainty score this is its negation; for ``"confidence"`` it is ``calibration``'s
+    (a :class:`~gradguard.profiles.schema.TaskCalibration`) probability, or the one stored in the
+    result when no calibration is given.
     """
     out = np.full(len(records), -np.inf)
     for i, r in enumerate(records):
@@ -108,10 +133,10 @@ def method_confidences(records: Sequence[CachedRecord], method: str, profile: An
         if res is None or not res.scored:
             continue
         if method == "confidence":
-            p = profile.confidence(res)[0] if profile is not None else res.confidence
+            p = _record_confidence(r, calibration)
             out[i] = -np.inf if p is None else float(p)
         else:
-            out[i] = float(confidence_from_uncertainty(getattr(res, method)))
+            out[i] = float(confidence_from_uncertainty(SCORE_BY_NAME[method].read(res)))
     return out
 
 
@@ -129,9 +154,8 @@ def _metrics(name: str, conf: NDArray[np.float64], y: NDArray[np.int64], n_boot:
 def calibrated_confidences(
     records: Sequence[CachedRecord],
     y: NDArray[np.int64],
-    profile: Any,
+    calibration: Any,
     *,
-    judge: str = "containment",
     data_sha256: str | None = None,
 ) -> tuple[NDArray[np.float64], str] | None:
     """The ``confidence`` column and a note on how honest it is; None when the profile is uncalibrated.
@@ -142,62 +166,78 @@ def calibrated_confidences(
     question. Otherwise the profile's calibrator is applied; on the calibration file itself
     (a subset or other settings) that is marked *in-sample*.
     """
-    cal = getattr(profile, "calibration", None)
+    cal = calibration
     if cal is None:
         return None
     scored = np.array([r.result is not None and r.result.scored for r in records], dtype=bool)
     same_data = data_sha256 is not None and cal.data.sha256 == data_sha256
     if (
         same_data
-        and cal.data.judge == judge
         and cal.n == int(scored.sum())
         and cal.n_unscored == int((~scored).sum())
-        and all(cal.applies_to(r.result) for r in records if r.result is not None and r.result.scored)
+        and all(
+            cal.applies_to(r.result.spt_offset, tuple(r.result.layer_span))
+            for r in records
+            if r.result is not None and r.result.scored
+        )
         and tuple(int(v) for v in y[scored]) == tuple(cal.holdout_correct)
     ):
         conf = np.full(len(records), -np.inf)
         conf[scored] = np.asarray(cal.holdout_confidence, dtype=np.float64)
-        return conf, f"calibrator {cal.chosen}; cross-fitted: out-of-fold confidences from the calibration"
-    conf = method_confidences(records, "confidence", profile)
+        return conf, f"task {cal.task.name}; cross-fitted: nested out-of-fold confidences from the calibration"
+    conf = method_confidences(records, "confidence", cal)
     if not np.isfinite(conf).any():
         return None
-    note = f"calibrator {cal.chosen}"
+    note = f"task {cal.task.name}"
     if same_data:
         note += "; in-sample (calibrated on this file: see calibrate's cross-validated AUROC)"
     return conf, note
 
 
+def _rate(flags: Sequence[bool]) -> float | None:
+    return float(np.mean(flags)) if len(flags) else None
+
+
 def evaluate_records(
     records: Sequence[CachedRecord],
+    task: Task | None = None,
     *,
-    judge: str = "containment",
-    profile: Any = None,
+    calibration: Any = None,
     data_sha256: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> EvalSummary:
-    """Judge the answers and compute every method's metrics.
+    """Label the answers for ``task`` and compute every method's metrics and the decline rates.
 
-    A ``confidence`` row is added when ``profile`` is calibrated for these settings (see
+    A ``confidence`` row is added when ``calibration`` (the task's) is given (see
     :func:`calibrated_confidences` for when it is cross-fitted or in-sample).
     """
-    y = judge_records(records, judge)
-    y_f1 = judge_records(records, "f1") if judge != "f1" else y
+    task = task or builtin_task("closed-qa")
+    y = judge_records(records, task)
     first = next((r.result for r in records if r.result is not None), None)
     methods = [_metrics(m, method_confidences(records, m), y, n_boot, seed) for m in METHODS]
-    column = calibrated_confidences(records, y, profile, judge=judge, data_sha256=data_sha256)
+    column = calibrated_confidences(records, y, calibration, data_sha256=data_sha256)
     if column is not None:
         methods.append(_metrics("confidence", column[0], y, n_boot, seed, column[1]))
+    answered = [r for r in records if r.result is not None]
+    declined = {id(r): task.declined(r.result.response) for r in answered}  # type: ignore[union-attr]
+    unanswerable = [r for r in answered if r.is_impossible]
+    answerable = [r for r in answered if not r.is_impossible]
+    y_by_id = {id(r): int(v) for r, v in zip(records, y)}
     return EvalSummary(
         n=len(records),
         n_correct=int(y.sum()),
         n_unscored=sum(1 for r in records if r.result is None or not r.result.scored),
-        judge=judge,
+        judge=task.judge,
         model=first.model if first is not None else None,
         spt_offset=first.spt_offset if first is not None else None,
         layer_span=tuple(first.layer_span) if first is not None else None,  # type: ignore[arg-type]
         methods=methods,
-        accuracy_f1=float(y_f1.mean()) if len(records) else None,
+        task=task.name,
+        n_unanswerable=sum(1 for r in records if r.is_impossible),
+        decline_rate_unanswerable=_rate([declined[id(r)] for r in unanswerable]) if task.declines else None,
+        decline_rate_answerable=_rate([declined[id(r)] for r in answerable]) if task.declines else None,
+        accuracy_answerable=_rate([bool(y_by_id[id(r)]) for r in answerable]) if unanswerable else None,
     )
 
 
@@ -205,40 +245,55 @@ def _f(v: float, digits: int = 3) -> str:
     return "  n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
 def format_table(summary: EvalSummary) -> str:
     """A plain-text table: one row per method with AUROC [95% CI], AURC and PRR."""
     head = (
-        f"{summary.n} questions, {summary.n_correct} correct ({summary.accuracy:.1%}, judge {summary.judge}"
-        + (f"; token-F1 judge {summary.accuracy_f1:.1%}" if summary.accuracy_f1 is not None else "")
-        + f"), {summary.n_unscored} unscored; model {summary.model}, spt_offset {summary.spt_offset}, "
+        f"task {summary.task}: {summary.n} questions, {summary.n_correct} correct ({summary.accuracy:.1%}, judge "
+        f"{summary.judge}), {summary.n_unscored} unscored; model {summary.model}, spt_offset {summary.spt_offset}, "
         f"layers {summary.layer_span}"
     )
-    lines = [head, "", f"{'method':<14} {'AUROC':>6} {'95% CI':>15} {'AURC':>6} {'PRR':>6}"]
+    lines = [head]
+    if summary.n_unanswerable:
+        lines.append(
+            f"{summary.n_unanswerable} unanswerable: declined {_pct(summary.decline_rate_unanswerable)}; "
+            f"{summary.n - summary.n_unanswerable} answerable: accuracy {_pct(summary.accuracy_answerable)}, "
+            f"declined {_pct(summary.decline_rate_answerable)}"
+        )
+    lines += ["", f"{'method':<14} {'AUROC':>6} {'95% CI':>15} {'AURC':>6} {'PRR':>6}"]
     for m in summary.methods:
         ci = f"[{_f(m.auroc_ci[0])}, {_f(m.auroc_ci[1])}]"
         lines.append(f"{_LABELS.get(m.method, m.method):<14} {_f(m.auroc):>6} {ci:>15} {_f(m.aurc):>6} {_f(m.prr):>6}")
         if m.note:
             lines.append(f"{'':<14}   ({m.note})")
     lines.append("")
-    lines.append("AUROC: higher is better (0.5 = chance); AURC: lower is better; PRR: higher is better (1 = oracle).")
+    lines.append(
+        "AUROC of each method's confidence for a correct answer (= AUROC of its uncertainty for a wrong one): "
+        "higher is better (0.5 = chance); AURC: lower is better; PRR: higher is better (1 = oracle)."
+    )
     return "\n".join(lines)
 
 
-def result_rows(records: Sequence[CachedRecord], *, judge: str = "containment", profile: Any = None) -> list[dict[str, Any]]:
-    """One JSON-ready dict per question: question, gold answers, answer, judgements, scores, confidence."""
-    y = judge_records(records, judge)
-    y_f1 = judge_records(records, "f1")
+def result_rows(records: Sequence[CachedRecord], task: Task, *, calibration: Any = None) -> list[dict[str, Any]]:
+    """One JSON-ready dict per question: question, gold answers, answer, label, scores, confidence."""
+    y = judge_records(records, task)
     rows = []
-    for r, c, c1 in zip(records, y, y_f1):
+    for r, c in zip(records, y):
         res = r.result
         row: dict[str, Any] = {
             "index": r.index,
             "query": r.query,
             "answers": list(r.answers),
+            "is_impossible": r.is_impossible,
+            "group": r.group,
             "response": res.response if res is not None else None,
+            "declined": task.declined(res.response) if res is not None else None,
             "correct": bool(c),
-            "correct_f1": bool(c1),
-            "judge": judge,
+            "task": task.name,
+            "judge": task.judge,
             "scored": bool(res is not None and res.scored),
             "error": r.error,
         }
@@ -253,8 +308,7 @@ def result_rows(records: Sequence[CachedRecord], *, judge: str = "containment", 
                 generate_s=res.timings.generate_s,
                 score_s=res.timings.score_s,
             )
-            conf, name = profile.confidence(res) if profile is not None else (res.confidence, res.calibrator)
-            row.update(confidence=conf, calibrator=name)
+            row.update(confidence=_record_confidence(r, calibration))
         rows.append(row)
     return rows
 
@@ -272,9 +326,9 @@ def write_results_jsonl(rows: Sequence[dict[str, Any]], path: str | os.PathLike[
 def plot_risk_coverage(
     records: Sequence[CachedRecord],
     path: str | os.PathLike[str],
+    task: Task,
     *,
-    judge: str = "containment",
-    profile: Any = None,
+    calibration: Any = None,
     data_sha256: str | None = None,
     title: str | None = None,
 ) -> Path:
@@ -284,14 +338,14 @@ def plot_risk_coverage(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    y = judge_records(records, judge)
+    y = judge_records(records, task)
     fig, ax = plt.subplots(figsize=(7, 5))
     curves = [(_LABELS[m], method_confidences(records, m)) for m in METHODS]
-    column = calibrated_confidences(records, y, profile, judge=judge, data_sha256=data_sha256)
+    column = calibrated_confidences(records, y, calibration, data_sha256=data_sha256)
     if column is not None:
         kind = "cross-fitted" if "cross-fitted" in column[1] else "calibrated"
         curves.append((f"confidence ({kind})", column[0]))
-    palette = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"])
+    palette = iter(plt.get_cmap("tab20").colors)
     for label, conf in curves:
         cov, risk = risk_coverage_curve(conf, y)
         if label == "HybridGrad":
@@ -309,7 +363,7 @@ def plot_risk_coverage(
     ax.set_ylabel("risk (error rate among accepted answers)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_title(title or f"Risk–coverage, {n} questions ({n_c} correct, judge {judge})")
+    ax.set_title(title or f"Risk–coverage, task {task.name}: {n} questions ({n_c} correct, judge {task.judge})")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     out = Path(path)
@@ -323,21 +377,24 @@ def plot_risk_coverage(
 def write_report(
     records: Sequence[CachedRecord],
     out_dir: str | os.PathLike[str],
+    task: Task | None = None,
     *,
-    judge: str = "containment",
-    profile: Any = None,
+    calibration: Any = None,
     data_sha256: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> tuple[EvalSummary, dict[str, Path]]:
     """Evaluate and write ``results.jsonl``, ``summary.json``, ``table.txt`` and ``risk_coverage.png`` into ``out_dir``."""
+    task = task or builtin_task("closed-qa")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = evaluate_records(records, judge=judge, profile=profile, data_sha256=data_sha256, n_boot=n_boot, seed=seed)
+    summary = evaluate_records(
+        records, task, calibration=calibration, data_sha256=data_sha256, n_boot=n_boot, seed=seed
+    )
     paths = {
-        "results": write_results_jsonl(result_rows(records, judge=judge, profile=profile), out / "results.jsonl"),
+        "results": write_results_jsonl(result_rows(records, task, calibration=calibration), out / "results.jsonl"),
         "plot": plot_risk_coverage(
-            records, out / "risk_coverage.png", judge=judge, profile=profile, data_sha256=data_sha256
+            records, out / "risk_coverage.png", task, calibration=calibration, data_sha256=data_sha256
         ),
     }
     table = format_table(summary)

@@ -9,7 +9,6 @@ scikit-learn; SPS building and plotting live in :mod:`gradguard.profiles.build` 
 :mod:`gradguard.profiles.plot`.
 """
 
-from gradguard.calibration.thresholds import ThresholdResult
 from gradguard.profiles.errors import (
     CalibrationMissingError,
     ProfileError,
@@ -26,14 +25,16 @@ from gradguard.profiles.lookup import (
     manual_profile,
     resolve_profile,
 )
-from gradguard.profiles.schema import SCHEMA_VERSION, Calibration, Profile, load_profile, save_profile
+from gradguard.profiles.compat import check_compatible
+from gradguard.profiles.io import load_profile, profile_json, save_profile
+from gradguard.profiles.schema import SCHEMA_VERSION, Profile, TaskCalibration
+from gradguard.profiles.summary import profile_summary
 
 __all__ = [
     "SCHEMA_VERSION",
     "FAMILY_DEFAULTS",
-    "Calibration",
+    "TaskCalibration",
     "Profile",
-    "ThresholdResult",
     "ProfileError",
     "ProfileMismatchError",
     "ProfileNotFoundError",
@@ -47,4 +48,7 @@ __all__ = [
     "manual_profile",
     "resolve_profile",
     "save_profile",
+    "profile_json",
+    "profile_summary",
+    "check_compatible",
 ]

@@ -8,9 +8,10 @@ from typing import Any, Literal
 import numpy as np
 
 from gradguard.errors import InputError
-from gradguard.evaluation.data import DEFAULT_SYSTEM_PROMPT, file_sha256, load_paraphrase_groups
+from gradguard.data import DEFAULT_SYSTEM_PROMPT, file_sha256, load_paraphrase_groups
 from gradguard.profiles.fingerprint import chat_template_fingerprint
-from gradguard.profiles.schema import Profile, SPSData, SPSMatrix, model_dims
+from gradguard.profiles.compat import model_dims
+from gradguard.profiles.schema import Profile, SPSData, SPSMatrix
 from gradguard.profiles.sps import SPSResult, compute_sps, top_half
 
 __all__ = ["choose_layer_span", "sps_matrix", "build_profile", "profile_from_sps", "SpanRule"]

@@ -30,7 +30,9 @@ def _slug(name: str) -> str:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from gradguard.profiles.build import build_profile
+    from gradguard.profiles.io import save_profile
     from gradguard.profiles.lookup import FAMILY_DEFAULTS, load_builtin_profile
+    from gradguard.profiles.summary import profile_summary
 
     model, tokenizer, name = load_model_source(args.model)
     profile = build_profile(
@@ -47,8 +49,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = args.out or f"profile-{_slug(name)}.json"
-    profile.save(out)
-    print(profile.summary())
+    save_profile(profile, out)
+    print(profile_summary(profile))
     print(f"wrote {out}")
     if args.plot:
         from gradguard.profiles.plot import plot_sps
@@ -61,8 +63,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from gradguard.profiles.io import load_profile, profile_json
     from gradguard.profiles.lookup import resolve_profile
-    from gradguard.profiles.schema import load_profile
+    from gradguard.profiles.summary import profile_summary
 
     if args.profile:
         profile = load_profile(args.profile)
@@ -70,19 +73,20 @@ def _cmd_show(args: argparse.Namespace) -> int:
         model, tokenizer, name = load_model_source(args.model)
         profile = resolve_profile(model, tokenizer, model_id=name)
     if args.json:
-        print(profile.to_json(), end="")
+        print(profile_json(profile), end="")
     else:
-        print(profile.summary())
+        print(profile_summary(profile))
         if profile.source:
             print(f"  from {profile.source}")
     return 0
 
 
 def _cmd_threshold(args: argparse.Namespace) -> int:
-    from gradguard.profiles.schema import load_profile
+    from gradguard.calibration.thresholds import task_threshold
+    from gradguard.profiles.io import load_profile
 
     profile = load_profile(args.profile)
-    results = [profile.threshold(eps, args.delta) for eps in args.epsilon]
+    results = [task_threshold(profile, args.task, eps, args.delta) for eps in args.epsilon]
     if args.json:
         print(json.dumps([r.model_dump() for r in results], indent=2))
         return 0
@@ -95,7 +99,7 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``profile`` (with ``build``, ``show``, ``threshold``) to a parent CLI; each leaf sets ``func``."""
-    from gradguard.evaluation.data import DEFAULT_SYSTEM_PROMPT
+    from gradguard.data import DEFAULT_SYSTEM_PROMPT
 
     p = subparsers.add_parser("profile", help="build, show and use per-model SPS profiles")
     sub = p.add_subparsers(dest="profile_command", required=True, metavar="{build,show,threshold}")
@@ -139,6 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     t.add_argument("--epsilon", type=float, nargs="+", required=True, help="target error rate(s), e.g. 0.3 0.05")
     t.add_argument("--delta", type=float, default=0.1, help="failure probability (default 0.1)")
     t.add_argument("--json", action="store_true")
+    t.add_argument("--task", default=None, help="the calibrated task (default: the profile's default task)")
     t.set_defaults(func=_cmd_threshold)
 
 

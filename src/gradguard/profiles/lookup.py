@@ -29,7 +29,9 @@ from typing import Any
 
 from gradguard.profiles.errors import ProfileError, ProfileNotFoundError, ProfileWarning
 from gradguard.profiles.fingerprint import chat_template_fingerprint, template_text
-from gradguard.profiles.schema import Profile, load_profile, model_dims, profile_from_dict
+from gradguard.profiles.compat import check_compatible, model_dims
+from gradguard.profiles.io import load_profile, profile_from_dict
+from gradguard.profiles.schema import Profile
 
 __all__ = [
     "FAMILY_DEFAULTS",
@@ -160,7 +162,7 @@ def resolve_profile(
     """
     if profile is not None:
         chosen = load_profile(profile)
-        chosen.check_compatible(model, tokenizer, strict=strict)
+        check_compatible(chosen, model, tokenizer, strict=strict)
         _check_anchor(chosen, tokenizer)
         return chosen
 
@@ -170,7 +172,7 @@ def resolve_profile(
 
     for p in measured:
         if _same_id(p.model_id, ident):
-            p.check_compatible(model, tokenizer, strict=strict)
+            check_compatible(p, model, tokenizer, strict=strict)
             _check_anchor(p, tokenizer)
             return p
 

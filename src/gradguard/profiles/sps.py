@@ -33,9 +33,9 @@ from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from gradguard.errors import InputError
-from gradguard.evaluation.data import qa_messages
+from gradguard.data import qa_messages
 from gradguard.profiles.errors import ProfileWarning
-from gradguard.profiles.schema import model_dims
+from gradguard.profiles.compat import model_dims
 
 __all__ = ["SPSResult", "compute_sps", "templated_prompt", "top_half"]
 

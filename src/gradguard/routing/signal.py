@@ -11,7 +11,9 @@ A :class:`GuardSignal` is one of
 
 It fails closed: no score, an unscored answer (``scored`` False, e.g. an empty answer), a
 missing/NaN value, a function that raises or returns anything but a number in [0, 1]: all
-count as unconfident. The integrations (LangChain's ``GuardSignal``, LlamaIndex's ``Signal``)
+count as unconfident. So does an answer flagged **out of domain** (``in_domain`` False: it lies
+outside the data the task's calibration was fitted on, where its confidence means little),
+unless the signal is built with ``allow_out_of_domain=True``. The integrations (LangChain's ``GuardSignal``, LlamaIndex's ``Signal``)
 are thin subclasses of this class. Framework-free: no LangChain or LlamaIndex import.
 """
 
@@ -98,6 +100,11 @@ def unscored_metadata(error: str, *, model: str | None = None) -> dict[str, Any]
     return {
         "confidence": None,
         "uncertainty": dict.fromkeys(UNCERTAINTY_KEYS),
+        "task": None,
+        "calibration": None,
+        "in_domain": None,
+        "domain_distance": None,
+        "domain_percentile": None,
         "model": model,
         "profile": None,
         "spt_offset": None,
@@ -144,6 +151,9 @@ class GuardSignal(RoutingModel):
     )
     function: Callable[[ScoreResult], Any] | None = Field(
         None, exclude=True, description="A function ScoreResult -> confidence in [0, 1] (replaces name)."
+    )
+    allow_out_of_domain: bool = Field(
+        False, description="Decide on answers flagged out of domain too (default: they are unconfident)."
     )
 
     # --- validation -------------------------------------------------------------------------
@@ -222,9 +232,9 @@ class GuardSignal(RoutingModel):
     # --- construction -----------------------------------------------------------------------
 
     @classmethod
-    def confidence(cls, min_confidence: float | None = None) -> Self:
+    def confidence(cls, min_confidence: float | None = None, *, allow_out_of_domain: bool = False) -> Self:
         """Decide on the calibrated confidence; :meth:`check` passes it at ``>= min_confidence``."""
-        return cls(name="confidence", min_confidence=min_confidence)
+        return cls(name="confidence", min_confidence=min_confidence, allow_out_of_domain=allow_out_of_domain)
 
     @classmethod
     def uncertainty(cls, name: str, max_value: float) -> Self:
@@ -325,6 +335,18 @@ class GuardSignal(RoutingModel):
             raise RoutingInputError(
                 f"cannot read a signal from a {type(source).__name__}; pass a gradguard ScoreResult, its "
                 "metadata dict, or None for an unscored answer"
+            )
+
+        in_domain = source.in_domain if isinstance(source, ScoreResult) else source.get("in_domain")
+        if in_domain is False and not self.allow_out_of_domain:
+            if isinstance(source, ScoreResult):
+                task, pct = source.task, source.domain_percentile
+            else:
+                task, pct = source.get("task"), source.get("domain_percentile")
+            where = f" (farther than {pct:.1f}% of held-out calibration answers)" if isinstance(pct, numbers.Real) else ""
+            return None, (
+                f"out of domain: the answer lies outside the {task or 'task'} calibration data{where}, so its "
+                "confidence is unreliable; calibrate on data like it, or pass allow_out_of_domain=True"
             )
 
         if self.is_raw:

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 #: Keyword arguments ``invoke``/``bind`` may pass per call.
 _CALL_OPTIONS = frozenset(
-    {"max_tokens", "max_new_tokens", "temperature", "top_p", "timeout", "logprobs", "top_logprobs", "stream", "model"}
+    {"max_tokens", "max_new_tokens", "temperature", "top_p", "timeout", "logprobs", "top_logprobs", "stream", "model", "task"}
 )
 _MAX_TOP_LOGPROBS = 20
 
@@ -103,6 +103,7 @@ class _Options:
     stop: tuple[str, ...]
     logprobs: bool
     top_logprobs: int
+    task: str | None = None
 
     def generate_kwargs(self, tokenizer: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -176,6 +177,11 @@ class ChatGradguard(BaseChatModel):
     logprobs: bool = Field(False, description="Add OpenAI-style logprobs to response_metadata.")
     top_logprobs: int | None = Field(None, description="Alternatives per token in logprobs (0-20; costs one forward pass).")
     streaming: bool = Field(False, description="Stream by default in invoke (LangChain's flag).")
+    task: str | None = Field(
+        None,
+        description="Calibration task of the confidence: 'chat', 'rag', 'closed-qa' or one the profile was calibrated "
+        "for (None: the profile's default task). Per call: invoke(..., task='rag').",
+    )
 
     _scorer: GradScorer | None = PrivateAttr(None)
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -290,6 +296,7 @@ class ChatGradguard(BaseChatModel):
             stop=stops,
             logprobs=logprobs,
             top_logprobs=top or 0,
+            task=kwargs.get("task", self.task),
         )
 
     # --- generation ----------------------------------------------------------------------------
@@ -298,7 +305,7 @@ class ChatGradguard(BaseChatModel):
         """Cut the answer at a stop string (re-scoring the cut answer) and tell the finish reason."""
         cut = _first_stop(result.response, opts.stop) if opts.stop else None
         if cut is not None:
-            rescored = scorer.score(dicts, result.response[:cut])
+            rescored = scorer.score(dicts, result.response[:cut], task=opts.task)
             timings = Timings(generate_s=result.timings.generate_s, score_s=result.timings.score_s + rescored.timings.score_s)
             return rescored.model_copy(update={"timings": timings, "response": result.response[:cut]}), "stop"
         return result, ("length" if result.n_response_tokens >= opts.max_new_tokens else "stop")
@@ -335,7 +342,7 @@ class ChatGradguard(BaseChatModel):
         dicts = to_chat_dicts(messages, self.system_prompt)
         scorer = self.gradscorer
         result = scorer.generate_and_score(
-            dicts, max_new_tokens=opts.max_new_tokens, **opts.generate_kwargs(scorer.tokenizer)
+            dicts, max_new_tokens=opts.max_new_tokens, task=opts.task, **opts.generate_kwargs(scorer.tokenizer)
         )
         result, finish = self._finish(scorer, dicts, result, opts)
         message_id = f"gradguard-{uuid.uuid4().hex}"
@@ -368,6 +375,7 @@ class ChatGradguard(BaseChatModel):
                     dicts,
                     max_new_tokens=opts.max_new_tokens,
                     streamer=streamer,
+                    task=opts.task,
                     stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
                     **opts.generate_kwargs(scorer.tokenizer),
                 )

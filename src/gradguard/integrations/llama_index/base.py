@@ -105,6 +105,11 @@ class GradguardLLM(CustomLLM):
     generate_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra transformers generation options (e.g. do_sample, temperature)."
     )
+    task: str | None = Field(
+        default=None,
+        description="Calibration task of the confidence: 'chat', 'rag', 'closed-qa' or one the profile was calibrated "
+        "for (None: the profile's default task). Per call: complete(..., task='rag').",
+    )
 
     _scorer: Any = PrivateAttr(default=None)
     _load_lock: Any = PrivateAttr(default=None)
@@ -119,6 +124,7 @@ class GradguardLLM(CustomLLM):
         context_window: int | None = None,
         generate_kwargs: dict[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
+        task: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Create the LLM from a ready ``scorer`` or a ``model`` source (loaded lazily); see the class docs."""
@@ -143,6 +149,7 @@ class GradguardLLM(CustomLLM):
             context_window=context_window,
             generate_kwargs=dict(generate_kwargs or {}),
             callback_manager=callback_manager,
+            task=task,
             **kwargs,
         )
         self._scorer = scorer
@@ -205,15 +212,14 @@ class GradguardLLM(CustomLLM):
         for key, value in kwargs.items():
             if key in keys:
                 gen[key] = value
-            elif key not in ("formatted",):
+            elif key not in ("formatted", "task"):
                 logger.debug("GradguardLLM ignores call option %r (not a transformers generation option)", key)
         max_new = gen.pop("max_new_tokens", self.max_new_tokens)
         return int(max_new), gen
 
     def _generate(self, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> ScoreResult:
         max_new, gen = self._generation(kwargs)
-        result = self.scorer.generate_and_score(messages, max_new_tokens=max_new, **gen)
-        return result
+        return self.scorer.generate_and_score(messages, max_new_tokens=max_new, task=kwargs.get("task", self.task), **gen)
 
     @staticmethod
     def _attach_score(response: CompletionResponse | ChatResponse, result: ScoreResult) -> None:
@@ -240,7 +246,9 @@ class GradguardLLM(CustomLLM):
 
         def work() -> None:
             try:
-                box["result"] = scorer.generate_and_score(messages, max_new_tokens=max_new, streamer=streamer, **gen)
+                box["result"] = scorer.generate_and_score(
+                    messages, max_new_tokens=max_new, streamer=streamer, task=kwargs.get("task", self.task), **gen
+                )
             except BaseException as exc:  # re-raised in the consumer below
                 box["error"] = exc
             finally:

@@ -2,9 +2,11 @@
 
 Every finished question is appended at once to ``CACHE_DIR/records.jsonl`` (flushed and
 fsynced), so an interrupted run loses at most the question in progress and the next run
-with the same settings continues where it stopped. Two keys identify a record:
+with the same settings continues where it stopped. The question is asked the way its
+:class:`~gradguard.tasks.Task` asks it (system prompt, user template, context). Two keys
+identify a record:
 
-- the **generation key**: model name, question, system prompt, ``max_new_tokens`` and
+- the **generation key**: model name, the chat messages, ``max_new_tokens`` and
   generation arguments — what determines the (greedy) answer;
 - the **scoring key**: the generation key plus the semantic-preserving offset and the
   layer span — what determines the scores.
@@ -13,11 +15,17 @@ A record whose scoring key matches is reused as is. One whose generation key mat
 was scored at another offset or span is re-scored from its cached answer tokens (no
 generation). ``gradguard eval`` and ``gradguard calibrate`` share this cache, so
 calibrating after an evaluation (or the reverse) generates nothing again.
-Judging happens later (:mod:`gradguard.evaluation.report`), so a new judge needs no new pass.
+Judging happens later (:mod:`gradguard.calibration.labels`), so a new judge needs no new pass.
+
+With ``hidden_layers`` the record also keeps the hidden states the scoring pass computed at
+those layers (:class:`~gradguard.result.HiddenStates`, stored as base64 float16), which a
+calibration probe is fitted on; a record without the layers asked for is re-scored from its
+cached answer tokens.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -26,12 +34,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from gradguard.data import QAItem
 from gradguard.errors import GradguardError, InputError
-from gradguard.evaluation.data import DEFAULT_SYSTEM_PROMPT, QAItem, qa_messages
-from gradguard.result import ScoreResult
+from gradguard.result import HIDDEN_POSITIONS, HiddenStates, ScoreResult
+from gradguard.tasks import Task, builtin_task
 
 __all__ = [
     "CACHE_FILE",
@@ -74,7 +85,7 @@ class HarnessSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    task: Task = Field(default_factory=lambda: builtin_task("closed-qa"))
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1)
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)
     spt_offset: int
@@ -91,30 +102,60 @@ class CachedRecord(BaseModel):
     index: int
     query: str
     answers: tuple[str, ...]
+    is_impossible: bool = False
+    group: str | None = None
     result: ScoreResult | None = None
     error: str | None = None
+    hidden_layers: tuple[int, ...] = ()
+    hidden: str | None = Field(None, repr=False, description="base64 float16 array [positions, layers, d].")
+    hidden_d: int | None = None
+
+    def hidden_array(self) -> NDArray[np.float32] | None:
+        """The stored hidden states as ``[len(HIDDEN_POSITIONS), len(hidden_layers), d]`` fp32, or None."""
+        if self.hidden is None or self.hidden_d is None:
+            return None
+        flat = np.frombuffer(base64.b64decode(self.hidden), dtype=np.float16).astype(np.float32)
+        return flat.reshape(len(HIDDEN_POSITIONS), len(self.hidden_layers), self.hidden_d)
+
+    def hidden_states(self) -> HiddenStates | None:
+        """The stored hidden states as a :class:`HiddenStates` (what a live result carries)."""
+        arr = self.hidden_array()
+        if arr is None:
+            return None
+        return HiddenStates(layers=self.hidden_layers, states={p: arr[i] for i, p in enumerate(HIDDEN_POSITIONS)})
+
+
+def encode_hidden(hidden: HiddenStates) -> tuple[str, int]:
+    """``(base64 float16, d)`` of a result's hidden states, in :data:`HIDDEN_POSITIONS` order."""
+    arr = np.stack([np.asarray(hidden.states[p], dtype=np.float32) for p in HIDDEN_POSITIONS]).astype(np.float16)
+    return base64.b64encode(arr.tobytes()).decode("ascii"), int(arr.shape[-1])
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
 
 
-def generation_key(query: str, settings: HarnessSettings) -> str:
+def generation_key(messages: Sequence[dict[str, str]], settings: HarnessSettings) -> str:
     """Hash of what determines the generated answer."""
     return _digest(
         {
             "model": settings.model,
-            "query": query,
-            "system_prompt": settings.system_prompt,
+            "messages": [dict(m) for m in messages],
             "max_new_tokens": settings.max_new_tokens,
             "generate_kwargs": settings.generate_kwargs,
         }
     )
 
 
+#: Bumped when a result gains fields calibration reads (2: per-token entropies), so older records are re-scored.
+SCORING_FORMAT = 2
+
+
 def scoring_key(gen_key: str, settings: HarnessSettings) -> str:
     """Hash of what determines the scores of a generated answer."""
-    return _digest({"gen": gen_key, "spt_offset": settings.spt_offset, "layer_span": list(settings.layer_span)})
+    return _digest(
+        {"gen": gen_key, "spt_offset": settings.spt_offset, "layer_span": list(settings.layer_span), "format": SCORING_FORMAT}
+    )
 
 
 class ResultCache:
@@ -171,22 +212,26 @@ def run_harness(
     items: Sequence[QAItem],
     *,
     cache_dir: str | os.PathLike[str],
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    task: Task | None = None,
+    max_new_tokens: int | None = None,
     generate_kwargs: dict[str, Any] | None = None,
+    hidden_layers: Sequence[int] = (),
     progress: bool = True,
 ) -> list[CachedRecord]:
     """One scored answer per question, from the cache where possible (see the module docstring).
 
     Answers are generated greedily (unless ``generate_kwargs`` says otherwise) with the
-    messages ``[system_prompt, question]``. A question whose scoring fails with a
-    gradguard error (e.g. too long for the context) is recorded with ``error`` and no
-    result; it counts as unscored. Shows a progress bar with the number of cache hits.
+    messages ``task`` formats (default: the ``closed-qa`` task), at most ``max_new_tokens``
+    (default: the task's). A question whose scoring fails with a gradguard error (e.g. too
+    long for the context) is recorded with ``error`` and no result; it counts as unscored.
+    Shows a progress bar with the number of cache hits.
     """
+    task = task or builtin_task("closed-qa")
+    hidden_layers = tuple(int(l) for l in hidden_layers)
     settings = HarnessSettings(
         model=scorer.model_name,
-        system_prompt=system_prompt,
-        max_new_tokens=max_new_tokens,
+        task=task,
+        max_new_tokens=max_new_tokens if max_new_tokens is not None else task.max_new_tokens,
         generate_kwargs=dict(generate_kwargs or {}),
         spt_offset=int(scorer.spt_offset),
         layer_span=tuple(scorer.layer_span),  # type: ignore[arg-type]
@@ -194,34 +239,59 @@ def run_harness(
     cache = ResultCache(cache_dir)
     records: list[CachedRecord] = []
     hits = rescored = generated = 0
-    bar = tqdm(items, desc="eval", unit="q", disable=not progress)
-    for item in bar:
-        gk = generation_key(item.query, settings)
-        sk = scoring_key(gk, settings)
-        cached = cache.by_score.get(sk)
-        if cached is not None:
-            records.append(cached.model_copy(update={"index": item.index, "answers": item.answers}))
-            hits += 1
-        else:
-            messages = qa_messages(item.query, system_prompt)
+    wanted = set(hidden_layers)
+    previous_layers = tuple(getattr(scorer, "hidden_layers", ()))
+    if hidden_layers:
+        scorer.hidden_layers = tuple(sorted(set(previous_layers) | wanted))  # type: ignore[misc]
+    bar = tqdm(items, desc=f"{task.name}", unit="q", disable=not progress)
+    try:
+        for item in bar:
+            messages = task.item_messages(item)
+            gk = generation_key(messages, settings)
+            sk = scoring_key(gk, settings)
+            update = {"index": item.index, "answers": item.answers, "is_impossible": item.is_impossible, "group": item.group}
+            cached = cache.by_score.get(sk)
+            if cached is not None and (cached.result is None or wanted <= set(cached.hidden_layers)):
+                records.append(cached.model_copy(update=update))
+                hits += 1
+                bar.set_postfix(cached=hits, rescored=rescored, generated=generated, refresh=False)
+                continue
             result: ScoreResult | None = None
             error: str | None = None
-            previous = cache.by_gen.get(gk)
+            previous = cached if cached is not None and cached.result is not None else cache.by_gen.get(gk)
             try:
                 if previous is not None and previous.result is not None:
                     result = scorer.score(messages, list(previous.result.token_ids))
                     rescored += 1
                 else:
-                    result = scorer.generate_and_score(messages, max_new_tokens=max_new_tokens, **settings.generate_kwargs)
+                    result = scorer.generate_and_score(
+                        messages, max_new_tokens=settings.max_new_tokens, **settings.generate_kwargs
+                    )
                     generated += 1
             except GradguardError as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            hidden, d = (None, None)
+            layers: tuple[int, ...] = ()
+            if result is not None and result.hidden is not None:
+                hidden, d = encode_hidden(result.hidden)
+                layers = result.hidden.layers
             rec = CachedRecord(
-                gen_key=gk, score_key=sk, index=item.index, query=item.query, answers=item.answers, result=result, error=error
+                gen_key=gk,
+                score_key=sk,
+                query=item.query,
+                result=result,
+                error=error,
+                hidden_layers=layers,
+                hidden=hidden,
+                hidden_d=d,
+                **update,
             )
             cache.add(rec)
             records.append(rec)
-        bar.set_postfix(cached=hits, rescored=rescored, generated=generated, refresh=False)
+            bar.set_postfix(cached=hits, rescored=rescored, generated=generated, refresh=False)
+    finally:
+        if hidden_layers:
+            scorer.hidden_layers = previous_layers  # type: ignore[misc]
     return records
 
 
@@ -232,11 +302,12 @@ def make_scorer(
     spt_offset: int | None = None,
     layer_span: tuple[int, int] | None = None,
     strict: bool = True,
+    device: str | None = None,
 ) -> tuple[Any, Any]:
     """``(scorer, profile)``: load the model, resolve its profile, and build a scorer at the profile's settings.
 
     ``spt_offset``/``layer_span`` override the profile's (the profile's calibration then
-    no longer applies and confidences are None).
+    no longer applies and confidences are None). ``device`` moves the model (e.g. ``"cuda"``).
     """
     from gradguard.profiles.cli import load_model_source
     from gradguard.profiles.lookup import resolve_profile
@@ -245,6 +316,8 @@ def make_scorer(
     if spt_offset is not None and spt_offset >= 0:
         raise InputError(f"spt_offset={spt_offset} must be negative (e.g. -2)")
     model, tokenizer, name = load_model_source(source)
+    if device:
+        model.to(device)
     resolved = resolve_profile(model, tokenizer, model_id=name, profile=profile, strict=strict)
     if spt_offset is None and layer_span is None:
         scorer = GradScorer(model, tokenizer, profile=resolved, model_name=name, strict=strict)

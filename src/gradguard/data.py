@@ -1,9 +1,14 @@
-"""Reading question-answer and paraphrase JSONL files, and the SciQ prompt format.
+"""Reading question-answer and paraphrase JSONL files; the short-answer system prompt; file digests.
 
 Two line formats are read:
 
-- QA (``test.jsonl``): ``{"query": str, "truthful answer": [str, ...]}``
-  (``"answers"`` or ``"answer"`` are accepted in place of ``"truthful answer"``).
+- QA: ``{"query": str, "truthful answer": [str, ...]}`` (``"question"`` is accepted in place of
+  ``"query"``; ``"answers"`` or ``"answer"`` in place of ``"truthful answer"``), with optional
+  ``"context"`` (str, the passage a RAG prompt supplies), ``"is_impossible"`` (bool: the context
+  does not answer the question, so the right response is to decline), ``"title"`` (str, the
+  cross-validation group: questions sharing a title never fall on both sides of a fold) and
+  ``"id"``. The gold answer list may be empty only when ``is_impossible`` is true, so SQuAD 2.0
+  lines read as they are.
 - Paraphrases (``paraphrase.jsonl``): ``{"query": str, "paraphrases": [str, ...], ...}``.
 
 Blank lines are skipped. A malformed line raises :class:`DataFormatError` naming the
@@ -46,11 +51,29 @@ class DataFormatError(InputError):
 
 @dataclass(frozen=True)
 class QAItem:
-    """One question with its gold answers; ``index`` is the 0-based line order among non-blank lines."""
+    """One question with its gold answers; ``index`` is the 0-based line order among non-blank lines.
+
+    ``context`` is the passage a RAG prompt supplies (None for closed-book questions);
+    ``is_impossible`` marks a question the context does not answer (declining is correct);
+    ``group`` is the cross-validation fold key (the line's ``title``, else its context, else the index).
+    """
 
     index: int
     query: str
     answers: tuple[str, ...]
+    context: str | None = None
+    is_impossible: bool = False
+    title: str | None = None
+    id: str | None = None
+
+    @property
+    def group(self) -> str:
+        """The fold key: questions with the same key are never split across folds."""
+        if self.title:
+            return f"title:{self.title}"
+        if self.context:
+            return f"context:{hashlib.sha256(self.context.encode()).hexdigest()[:16]}"
+        return f"index:{self.index}"
 
 
 @dataclass(frozen=True)
@@ -99,12 +122,25 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, ob
 
 
 def _query(path: str | os.PathLike[str], lineno: int, obj: dict[str, object]) -> str:
-    query = obj.get("query")
+    key = "query" if "query" in obj else "question"
+    query = obj.get(key)
     if not isinstance(query, str) or not query.strip():
+        has_context = isinstance(obj.get("context"), str)
         raise DataFormatError(
-            f"{path}:{lineno}: missing or empty \"query\" (got {query!r}); every line needs a non-empty \"query\" string"
+            f"{path}:{lineno}: missing or empty \"{key}\" (got {query!r})"
+            + (" on a line with a \"context\"" if has_context else "")
+            + "; every line needs a non-empty \"query\" (or \"question\") string"
         )
     return query.strip()
+
+
+def _optional_str(path: str | os.PathLike[str], lineno: int, obj: dict[str, object], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DataFormatError(f"{path}:{lineno}: \"{key}\" must be a string, got {value!r}; fix that line")
+    return value.strip() or None
 
 
 def _string_list(
@@ -117,22 +153,49 @@ def _string_list(
     return tuple(v.strip() for v in value if v.strip())
 
 
-def load_qa(path: str | os.PathLike[str], n: int | None = None) -> list[QAItem]:
-    """The first ``n`` (all if None) questions of a QA JSONL file, in file order."""
+def load_qa(path: str | os.PathLike[str], n: int | None = None, *, shuffle_seed: int | None = None) -> list[QAItem]:
+    """``n`` (all if None) questions of a QA JSONL file: the first ``n`` in file order, or — with
+    ``shuffle_seed`` — ``n`` drawn at random (every line is read and validated first)."""
     if n is not None and n < 1:
         raise DataFormatError(f"n={n} must be a positive number of questions (or None for all)")
+    if shuffle_seed is not None:
+        import random
+
+        everything = load_qa(path)
+        random.Random(shuffle_seed).shuffle(everything)
+        return everything[:n] if n is not None else everything
     items: list[QAItem] = []
     for lineno, obj in iter_jsonl(path):
         query = _query(path, lineno, obj)
-        key = next((k for k in _ANSWER_KEYS if k in obj), None)
-        if key is None:
+        impossible = obj.get("is_impossible", False)
+        if not isinstance(impossible, bool):
             raise DataFormatError(
-                f"{path}:{lineno}: no gold answers; add a \"truthful answer\" list (or \"answers\") to that line"
+                f"{path}:{lineno}: \"is_impossible\" must be true or false, got {impossible!r}; write a JSON boolean"
             )
-        answers = _string_list(path, lineno, key, obj[key], allow_str=True)
-        if not answers:
-            raise DataFormatError(f"{path}:{lineno}: \"{key}\" is empty; give at least one gold answer")
-        items.append(QAItem(index=len(items), query=query, answers=answers))
+        key = next((k for k in _ANSWER_KEYS if k in obj), None)
+        if key is None and not impossible:
+            raise DataFormatError(
+                f"{path}:{lineno}: no gold answers; add a \"truthful answer\" list (or \"answers\") to that line, "
+                "or mark it \"is_impossible\": true if the context does not answer it"
+            )
+        answers = _string_list(path, lineno, key, obj[key], allow_str=True) if key is not None else ()
+        if not answers and not impossible:
+            raise DataFormatError(
+                f"{path}:{lineno}: \"{key}\" is empty on an answerable question; give at least one gold answer, "
+                "or mark it \"is_impossible\": true"
+            )
+        ident = obj.get("id")
+        items.append(
+            QAItem(
+                index=len(items),
+                query=query,
+                answers=answers,
+                context=_optional_str(path, lineno, obj, "context"),
+                is_impossible=impossible,
+                title=_optional_str(path, lineno, obj, "title"),
+                id=str(ident) if ident is not None else None,
+            )
+        )
         if n is not None and len(items) >= n:
             break
     if not items:
