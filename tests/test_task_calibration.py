@@ -129,12 +129,14 @@ def test_domain_distance_is_the_mahalanobis_distance_for_a_known_covariance() ->
         blocks=(("prompt_last", 0),),
         hidden_mean=((0.0, 0.0),),
         components=(((1.0, 0.0),),),
-        precision=((1.0, 0.0), (0.0, 4.0)),
+        residual_mean=(3.0,),
+        residual_scale=(2.0,),
+        precision=((1.0, 0.0, 0.0), (0.0, 4.0, 0.0), (0.0, 0.0, 1.0)),
         edge=3.0,
         heldout_quantiles=(0.0, 1.0, 2.0),
     )
-    # v = [(5−1)/2, 1·(0.5−0)] = [2, 0.5]; d² = 4 + 4·0.25 = 5
-    assert desc.distance(np.array([5.0]), {("prompt_last", 0): np.array([0.5, 7.0])}) == pytest.approx(math.sqrt(5))
+    # v = [(5−1)/2, 1·(0.5−0), (‖(0, 7)‖ − 3)/2] = [2, 0.5, 2]; d² = 4 + 4·0.25 + 4 = 9
+    assert desc.distance(np.array([5.0]), {("prompt_last", 0): np.array([0.5, 7.0])}) == pytest.approx(3.0)
     assert desc.percentile(1.0) == pytest.approx(50.0)
 
 

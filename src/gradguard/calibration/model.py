@@ -136,8 +136,10 @@ Calibrator = Annotated[Union[LogisticCalibrator, IsotonicCalibrator], Field(disc
 class DomainDescription(_Record):
     """The calibration data's region: shrinkage Mahalanobis distance on standardised features and hidden PCs.
 
-    The vector is ``[(x − mean)/scale, components_b · (h_b − hidden_mean_b) for each block b]``
-    and the distance ``sqrt(vᵀ · precision · v)``. ``edge`` is the 99th percentile (``edge_quantile``)
+    The vector is ``[(x − mean)/scale, components_b · (h_b − hidden_mean_b) for each block b,
+    (‖residual_b‖ − residual_mean_b)/residual_scale_b for each block b]`` — the residual being the
+    part of ``h_b − hidden_mean_b`` outside the principal subspace, so that a state moving in a
+    direction the calibration data never varied in counts too — and the distance ``sqrt(vᵀ · precision · v)``. ``edge`` is the 99th percentile (``edge_quantile``)
     of distances of held-out calibration answers; ``heldout_quantiles`` are their 0th…100th percentiles.
     """
 
@@ -147,6 +149,8 @@ class DomainDescription(_Record):
     blocks: tuple[tuple[str, int], ...] = Field(..., description="(position, layer) of each hidden block.")
     hidden_mean: tuple[tuple[float, ...], ...]
     components: tuple[tuple[tuple[float, ...], ...], ...] = Field(..., description="Per block, k × d principal axes.")
+    residual_mean: tuple[float, ...] = Field(..., description="Per block, mean norm of the off-subspace residual.")
+    residual_scale: tuple[float, ...] = Field(..., description="Per block, std of the off-subspace residual norm.")
     precision: tuple[tuple[float, ...], ...]
     edge: float = Field(..., gt=0)
     edge_quantile: float = Field(0.99, gt=0, le=1)
@@ -156,9 +160,10 @@ class DomainDescription(_Record):
     def _check(self) -> DomainDescription:
         if not (len(self.mean) == len(self.scale) == len(self.features)):
             raise ValueError("domain mean and scale need one entry per feature")
-        if len(self.hidden_mean) != len(self.blocks) or len(self.components) != len(self.blocks):
-            raise ValueError("domain hidden_mean and components need one entry per block")
-        dim = len(self.features) + sum(len(c) for c in self.components)
+        n = len(self.blocks)
+        if not (len(self.hidden_mean) == len(self.components) == len(self.residual_mean) == len(self.residual_scale) == n):
+            raise ValueError("domain hidden_mean, components, residual_mean and residual_scale need one entry per block")
+        dim = len(self.features) + sum(len(c) for c in self.components) + n
         if len(self.precision) != dim or any(len(r) != dim for r in self.precision):
             raise ValueError(f"domain precision must be {dim} × {dim}")
         for pos, _ in self.blocks:
@@ -169,8 +174,14 @@ class DomainDescription(_Record):
     def distance(self, x: NDArray[np.float64], hidden: dict[tuple[str, int], NDArray[np.float64]]) -> float:
         """Mahalanobis distance of one answer (scalar features ``x``, hidden states by block)."""
         parts = [(x - np.asarray(self.mean)) / np.asarray(self.scale)]
+        residuals = []
         for (pos, layer), hm, comp in zip(self.blocks, self.hidden_mean, self.components):
-            parts.append(np.asarray(comp) @ (hidden[(pos, layer)] - np.asarray(hm)))
+            centred = hidden[(pos, layer)] - np.asarray(hm)
+            axes = np.asarray(comp)
+            coords = axes @ centred
+            parts.append(coords)
+            residuals.append(float(np.linalg.norm(centred - axes.T @ coords)))
+        parts.append((np.asarray(residuals) - np.asarray(self.residual_mean)) / np.asarray(self.residual_scale))
         v = np.concatenate(parts)
         return float(math.sqrt(max(float(v @ np.asarray(self.precision) @ v), 0.0)))
 

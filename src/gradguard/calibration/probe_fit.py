@@ -330,12 +330,21 @@ def fit_domain(
     mean, scale = xs.mean(axis=0), xs.std(axis=0)
     scale = np.where(scale > 1e-12, scale, 1.0)
     parts = [(xs - mean) / scale]
-    hmeans, comps = [], []
+    hmeans, comps, res_mean, res_scale, residuals = [], [], [], [], []
     for pos, layer in blocks:
-        pca = _PCA.fit(data.block(pos, layer), _DOMAIN_PCS)
+        H = data.block(pos, layer)
+        pca = _PCA.fit(H, _DOMAIN_PCS)
+        centred = H - pca.mean
+        coords = centred @ pca.axes.T
+        res = np.linalg.norm(centred - coords @ pca.axes, axis=1)
         hmeans.append(pca.mean)
         comps.append(pca.axes)
-        parts.append((data.block(pos, layer) - pca.mean) @ pca.axes.T)
+        parts.append(coords)
+        rm, rs = float(res.mean()), float(res.std())
+        res_mean.append(rm)
+        res_scale.append(rs if rs > 1e-12 else 1.0)
+        residuals.append(res)
+    parts.append(np.column_stack([(r - m) / s_ for r, m, s_ in zip(residuals, res_mean, res_scale)]))
     V = np.hstack(parts)
     precision = np.linalg.pinv(LedoitWolf().fit(V).covariance_)
     insample = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", V, precision, V), 0.0))
@@ -349,6 +358,8 @@ def fit_domain(
         blocks=tuple((p, int(l)) for p, l in blocks),
         hidden_mean=tuple(as_plain(m) for m in hmeans),
         components=tuple(as_plain(c) for c in comps),
+        residual_mean=tuple(res_mean),
+        residual_scale=tuple(res_scale),
         precision=as_plain(precision),
         edge=max(edge, 1e-9),
         edge_quantile=quantile,
