@@ -9,10 +9,10 @@ again: if it is still unsure, the agent abstains. Runs offline on the embedded m
     python examples/langchain_agent_confidence.py
 
 The guard reads the raw HybridGrad with a threshold chosen on these questions, not the
-calibrated ``confidence``: the embedded model's built-in calibration is fitted on closed-book
-SciQ (its confidences peak near 0.34), not on questions like these. For your own application,
+calibrated ``confidence``: the embedded model's built-in calibrations are fitted per task on SciQ and
+SQuAD questions, not on questions like these. For your own application,
 calibrate on held-out questions of your own (``gradguard calibrate``) and use
-``GuardSignal.confidence(t)`` with ``t`` from ``profile.threshold(epsilon, delta)``.
+``GuardSignal.confidence(t)`` with ``t`` from ``task_threshold(profile, task, epsilon, delta)``.
 
 Takes 1-3 minutes on a laptop CPU.
 """
@@ -44,9 +44,9 @@ HYBRIDGRAD_MAX = 1e-4
 SPT_OFFSET = -3
 
 WHY_RAW = (
-    "Why a raw threshold: the embedded model's built-in calibration is fitted on closed-book SciQ (its confidences "
-    "peak near 0.34), not on questions like these. For your own application, calibrate on held-out questions of "
-    "your own (`gradguard calibrate`) and use GuardSignal.confidence(t) with t from profile.threshold(epsilon, delta)."
+    "Why a raw threshold: the embedded model's built-in calibrations are fitted per task on SciQ and SQuAD "
+    "questions, not on questions like these. For your own application, calibrate on held-out questions of "
+    "your own (`gradguard calibrate`) and use GuardSignal.confidence(t) with t from task_threshold(profile, task, epsilon, delta)."
 )
 
 DIRECTORY = {

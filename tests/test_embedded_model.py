@@ -51,3 +51,36 @@ def test_cli_ask_json(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == DEFAULT_MODEL
     assert out["scores"]["hybridgrad"] > 0 and out["timing"]["generate_s"] > 0
+    assert out["task"] == "chat" and out["confidence"] is not None and out["calibration"]["task"] == "chat"
+
+
+def test_the_shipped_profile_calibrates_three_tasks(scorer: GradScorer) -> None:
+    cals = scorer.profile.calibrations
+    assert set(cals) == {"closed-qa", "rag", "chat"} and scorer.profile.default_task == "chat"
+    for name, cal in cals.items():
+        assert cal.n >= 1000 and cal.cv.auroc is not None and cal.domain is not None, name
+        assert all(p.hidden_size == scorer.model.config.hidden_size for p in cal.calibrator.probes)
+
+
+def test_chat_confidence_ranks_a_known_fact_above_a_hallucination(scorer: GradScorer) -> None:
+    darwin = scorer.generate_and_score(PROMPTS[0], max_new_tokens=64)
+    mars = scorer.generate_and_score(
+        [{"role": "user", "content": "Who was the first person to walk on Mars?"}], max_new_tokens=64
+    )
+    assert darwin.task == mars.task == "chat" and "Darwin" in darwin.response
+    assert darwin.confidence is not None and mars.confidence is not None
+    assert darwin.confidence > 2 * mars.confidence
+    assert darwin.calibration is not None and darwin.calibration.data == "test.jsonl"
+    assert darwin.in_domain is not None
+
+
+def test_rag_task_scores_an_answer_from_a_context(scorer: GradScorer) -> None:
+    from gradguard.tasks import builtin_task
+
+    messages = builtin_task("rag").messages(
+        "When was the company founded?", "The Quillfeather Robotics company was founded in 2011 in Tromsø, Norway."
+    )
+    result = scorer.generate_and_score(messages, max_new_tokens=32, task="rag")
+    assert "2011" in result.response
+    assert result.task == "rag" and result.confidence is not None and result.in_domain is not None
+    assert result.calibration is not None and result.calibration.judge == "f1"

@@ -263,12 +263,12 @@ def format_table(summary: EvalSummary) -> str:
             f"{summary.n - summary.n_unanswerable} answerable: accuracy {_pct(summary.accuracy_answerable)}, "
             f"declined {_pct(summary.decline_rate_answerable)}"
         )
-    lines += ["", f"{'method':<14} {'AUROC':>6} {'95% CI':>15} {'AURC':>6} {'PRR':>6}"]
+    lines += ["", f"{'method':<24} {'AUROC':>6} {'95% CI':>15} {'AURC':>6} {'PRR':>6}"]
     for m in summary.methods:
         ci = f"[{_f(m.auroc_ci[0])}, {_f(m.auroc_ci[1])}]"
-        lines.append(f"{_LABELS.get(m.method, m.method):<14} {_f(m.auroc):>6} {ci:>15} {_f(m.aurc):>6} {_f(m.prr):>6}")
+        lines.append(f"{_LABELS.get(m.method, m.method):<24} {_f(m.auroc):>6} {ci:>15} {_f(m.aurc):>6} {_f(m.prr):>6}")
         if m.note:
-            lines.append(f"{'':<14}   ({m.note})")
+            lines.append(f"{'':<24}   ({m.note})")
     lines.append("")
     lines.append(
         "AUROC of each method's confidence for a correct answer (= AUROC of its uncertainty for a wrong one): "
