@@ -11,10 +11,11 @@ import numpy as np
 from gradguard.calibration.metrics import aurc, risk_coverage_curve
 from gradguard.scores import FEATURES, SCORE_BY_NAME
 
-__all__ = ["plot_calibration", "plot_reliability", "plot_task_risk_coverage"]
+__all__ = ["plot_calibration", "plot_reliability", "plot_task_risk_coverage", "pyplot", "finish_risk_coverage", "save_figure"]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -23,9 +24,31 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Save ``fig`` as a PNG at ``path`` (parent folders created) and close it."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    pyplot().close(fig)
+    return out
+
+
+def finish_risk_coverage(ax: Any, y: np.ndarray, title: str, *, legend_size: int = 8) -> None:
+    """The random-guess line, axes, labels, title, legend and grid of a risk–coverage plot."""
+    ax.axhline(1 - y.mean(), ls="--", color="grey", lw=1, label=f"random ({1 - y.mean():.3f})")
+    ax.set_xlabel("coverage (fraction of answers accepted, most confident first)")
+    ax.set_ylabel("risk (error rate among accepted answers)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=legend_size, loc="lower right")
+    ax.grid(alpha=0.3)
+
+
 def plot_reliability(report: Any, path: str | os.PathLike[str], *, bins: int = 10) -> Path:
     """Mean confidence against the observed share correct, per confidence bin (nested out-of-fold confidences)."""
-    plt = _pyplot()
+    plt = pyplot()
     cal = report.calibration
     conf = np.asarray(cal.holdout_confidence)
     y = np.asarray(cal.holdout_correct, dtype=float)
@@ -52,17 +75,12 @@ def plot_reliability(report: Any, path: str | os.PathLike[str], *, bins: int = 1
     axh.set_xlabel("confidence (held out)")
     axh.set_ylabel("answers")
     axh.set_xlim(0, 1)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_task_risk_coverage(report: Any, path: str | os.PathLike[str]) -> Path:
     """Risk against coverage for the confidence (held out), each ablation, and the best raw scores."""
-    plt = _pyplot()
+    plt = pyplot()
     cal = report.calibration
     y = report.y
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -78,20 +96,8 @@ def plot_task_risk_coverage(report: Any, path: str | os.PathLike[str]) -> Path:
     for label, conf, style in curves:
         cov, risk = risk_coverage_curve(conf, y)
         ax.plot(cov, risk, label=f"{label} (AURC {aurc(conf, y):.3f})", **style)
-    ax.axhline(1 - y.mean(), ls=":", color="grey", lw=1, label=f"random ({1 - y.mean():.3f})")
-    ax.set_xlabel("coverage (answers accepted, most confident first)")
-    ax.set_ylabel("risk (error among accepted answers)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"Risk–coverage, task {cal.task.name}: {cal.n} answers (nested CV)", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    finish_risk_coverage(ax, y, f"Risk–coverage, task {cal.task.name}: {cal.n} answers (nested CV)", legend_size=7)
+    return save_figure(fig, path)
 
 
 def report_feature(report: Any, feature: str) -> np.ndarray:

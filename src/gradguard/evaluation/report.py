@@ -333,11 +333,9 @@ def plot_risk_coverage(
     title: str | None = None,
 ) -> Path:
     """Risk (error among accepted answers) against coverage for every method, with oracle and random references."""
-    import matplotlib
+    from gradguard.calibration.plots import finish_risk_coverage, pyplot, save_figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     y = judge_records(records, task)
     fig, ax = plt.subplots(figsize=(7, 5))
     curves = [(_LABELS[m], method_confidences(records, m)) for m in METHODS]
@@ -358,20 +356,10 @@ def plot_risk_coverage(
     n, n_c = len(y), int(y.sum())
     k = np.arange(1, n + 1)
     ax.plot(k / n, np.maximum(k - n_c, 0) / k, ls=":", color="grey", label="oracle")
-    ax.axhline(1 - y.mean(), ls="--", color="grey", lw=1, label=f"random ({1 - y.mean():.3f})")
-    ax.set_xlabel("coverage (fraction of answers accepted, most confident first)")
-    ax.set_ylabel("risk (error rate among accepted answers)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title or f"Risk–coverage, task {task.name}: {n} questions ({n_c} correct, judge {task.judge})")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    finish_risk_coverage(
+        ax, y, title or f"Risk–coverage, task {task.name}: {n} questions ({n_c} correct, judge {task.judge})"
+    )
+    return save_figure(fig, path)
 
 
 def write_report(
