@@ -304,3 +304,31 @@ def test_make_scorer_uses_the_resolved_profile(tmp_path: Path, monkeypatch: pyte
     assert scorer.spt_offset == -2 and scorer.layer_span == (1, 4)
     with pytest.raises(InputError, match="spt_offset=1"):
         make_scorer(None, spt_offset=1)
+
+
+def test_rag_report_gives_decline_rates_and_labels_declines_on_unanswerable_questions() -> None:
+    from gradguard.calibration.harness import CachedRecord
+    from gradguard.tasks import builtin_task
+
+    fake = FakeScorer()
+    rows = [  # (answer, gold, is_impossible)
+        ("unanswerable.", (), True),  # right: declined an unanswerable question
+        ("Sky plc", (), True),  # wrong: answered an unanswerable question
+        ("Sky plc", ("Sky plc",), False),  # right
+        ("unanswerable", ("BSkyB",), False),  # wrong: declined an answerable question
+        ("BSkyB", ("BSkyB",), False),  # right
+    ]
+    recs = [
+        CachedRecord(
+            gen_key=str(i), score_key=str(i), index=i, query=f"q{i}", answers=gold, is_impossible=imp,
+            result=fake._result(f"q{i}", text, 0.1),
+        )
+        for i, (text, gold, imp) in enumerate(rows)
+    ]
+    summary = evaluate_records(recs, builtin_task("rag"), n_boot=10)
+    assert summary.n_correct == 3 and summary.n_unanswerable == 2
+    assert summary.decline_rate_unanswerable == 0.5
+    assert summary.decline_rate_answerable == pytest.approx(1 / 3)
+    assert summary.accuracy_answerable == pytest.approx(2 / 3)
+    table = format_table(summary)
+    assert "2 unanswerable: declined 50.0%" in table and "task rag" in table

@@ -10,33 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-__all__ = ["register", "main", "add_generation_arguments"]
-
-
-def add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    """The options shared by ``eval`` and ``calibrate`` (same values → same cache entries)."""
-    p.add_argument("--model", default=None, help="HF id, folder or .gguf (default: the embedded model)")
-    p.add_argument(
-        "--data",
-        required=True,
-        help="QA JSONL: 'query' (or 'question') and 'answers' per line; optional 'context', 'is_impossible', 'title'",
-    )
-    p.add_argument(
-        "--task",
-        default="closed-qa",
-        help="how questions are asked and judged: closed-qa, rag, chat, or your own with --prompt-template (default closed-qa)",
-    )
-    p.add_argument(
-        "--prompt-template",
-        default=None,
-        help="JSON file defining the task: system_prompt, user_template ('{question}', '{context}'), judge, max_new_tokens",
-    )
-    p.add_argument("--profile", default=None, help="profile JSON or built-in name (default: looked up for the model)")
-    p.add_argument("--spt-offset", type=int, default=None, help="override the profile's semantic-preserving offset")
-    p.add_argument("--layer-span", type=int, nargs=2, default=None, metavar=("START", "STOP"), help="override the layer span")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
-    p.add_argument("--device", default=None, help="run the model on this torch device (e.g. cuda); default CPU")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+__all__ = ["register", "main"]
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -80,6 +54,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``eval`` to a parent CLI (the parser sets ``func``)."""
+    from gradguard.calibration.cli import add_generation_arguments
+
     p = subparsers.add_parser(
         "eval",
         help="evaluate every uncertainty score on a QA file",
