@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -25,25 +24,12 @@ from gradguard.profiles import (
 from gradguard.profiles.fingerprint import chat_template_fingerprint
 from gradguard.profiles.io import profile_from_dict
 from gradguard.profiles.schema import SCHEMA_VERSION, library_version
-from gradguard.testing import make_tiny_model, make_tiny_tokenizer
+from gradguard.testing import make_tiny_model, make_tiny_profile, make_tiny_tokenizer
 from gradguard.testing.calibration import make_task_calibration
 
 
 def tiny_profile(**kw: object) -> Profile:
-    model, tok = make_tiny_model("qwen2")
-    base: dict[str, object] = dict(
-        name="tiny-qwen2",
-        kind="measured",
-        model_id="test/tiny-qwen2",
-        model_type="qwen2",
-        num_layers=4,
-        hidden_size=32,
-        chat_template_fingerprint=chat_template_fingerprint(tok),
-        spt_offset=-2,
-        layer_span=(2, 4),
-    )
-    base.update(kw)
-    return Profile(**base)  # type: ignore[arg-type]
+    return make_tiny_profile(**kw)
 
 
 def calibrated(profile: Profile) -> Profile:

@@ -21,27 +21,15 @@ from gradguard.profiles import (
     save_profile,
     check_compatible,
 )
-from gradguard.profiles.fingerprint import chat_template_fingerprint
 from gradguard.profiles.lookup import PROFILE_PATH_ENV, token_at_offset
-from gradguard.testing import make_tiny_model
+from gradguard.testing import make_tiny_model, make_tiny_profile
 
 EMBEDDED_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 
 
 def measured(tok: object, **kw: object) -> Profile:
-    base: dict[str, object] = dict(
-        name="user:tiny-qwen2",
-        kind="measured",
-        model_id="acme/tiny-qwen2",
-        model_type="qwen2",
-        num_layers=4,
-        hidden_size=32,
-        chat_template_fingerprint=chat_template_fingerprint(tok),
-        spt_offset=-1,
-        layer_span=(1, 4),
-    )
-    base.update(kw)
-    return Profile(**base)  # type: ignore[arg-type]
+    fields: dict[str, object] = dict(name="user:tiny-qwen2", model_id="acme/tiny-qwen2", spt_offset=-1, layer_span=(1, 4))
+    return make_tiny_profile(tok, **{**fields, **kw})
 
 
 @pytest.fixture()

@@ -11,10 +11,9 @@ import pytest
 from gradguard import GradScorer
 from gradguard.cli import main as cli_main
 from gradguard.profiles import Profile, ProfileWarning, save_profile
-from gradguard.profiles.fingerprint import chat_template_fingerprint
 from gradguard.routing.signal import GuardSignal
 from gradguard.tasks import UnknownTaskError
-from gradguard.testing import make_tiny_model
+from gradguard.testing import make_tiny_model, make_tiny_profile
 from gradguard.testing.calibration import make_task_calibration
 from gradguard.testing.results import make_score_result
 
@@ -24,18 +23,8 @@ MESSAGES = [{"role": "user", "content": "What is the boiling point of water?"}]
 @pytest.fixture(scope="module")
 def tiny() -> tuple[object, object, Profile]:
     model, tok = make_tiny_model("qwen2")
-    profile = Profile(
-        name="tiny-calibrated",
-        kind="measured",
-        model_id="test/tiny",
-        model_type="qwen2",
-        num_layers=4,
-        hidden_size=32,
-        chat_template_fingerprint=chat_template_fingerprint(tok),
-        spt_offset=-2,
-        layer_span=(2, 4),
-        calibrations={"closed-qa": make_task_calibration("closed-qa")},
-        default_task="closed-qa",
+    profile = make_tiny_profile(
+        tok, name="tiny-calibrated", calibrations={"closed-qa": make_task_calibration("closed-qa")}, default_task="closed-qa"
     )
     return model, tok, profile
 

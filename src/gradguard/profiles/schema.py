@@ -1,25 +1,25 @@
-"""The profile: a model's semantic-preserving offset, layer span, SPS matrix and calibration.
+"""The profile record: a model's semantic-preserving offset, layer span, SPS matrix and per-task calibrations.
 
-A profile is a pydantic model saved as sorted JSON, stamped with the gradguard version
-and :data:`SCHEMA_VERSION`. Loading parses JSON only (never pickle, never code). Keys a
-newer gradguard wrote are ignored with a :class:`~gradguard.profiles.errors.ProfileWarning`;
-a missing required key is a :class:`~gradguard.profiles.errors.ProfileError` naming it.
+Plain validated records only (pydantic, frozen). Reading and writing them lives in
+:mod:`gradguard.profiles.io` (sorted JSON stamped with the gradguard version and
+:data:`SCHEMA_VERSION`; never pickle), compatibility checks in :mod:`gradguard.profiles.compat`,
+the summary in :mod:`gradguard.profiles.summary`, applying a calibration in
+:mod:`gradguard.calibration.model`. Keys a newer gradguard wrote are dropped with a
+:class:`~gradguard.profiles.errors.ProfileWarning`; a schema-1 profile is migrated (:func:`migrate_v1`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from gradguard.calibration.model import Calibrator, DomainDescription
-from gradguard.profiles.errors import ProfileError, ProfileWarning
+from gradguard.profiles.errors import ProfileWarning
 from gradguard.tasks import TASK_NAME_PATTERN, Task
 
 __all__ = [
@@ -33,10 +33,6 @@ __all__ = [
     "TaskCalibration",
     "Profile",
     "migrate_v1",
-    "load_profile",
-    "save_profile",
-    "model_dims",
-    "profile_from_dict",
     "finite_or_none",
     "finite_pairs",
 ]

@@ -11,11 +11,11 @@ from typing import Any
 
 from gradguard.testing.results import make_score_result
 
-__all__ = ["TINY_FAMILIES", "make_score_result", "make_tiny_model", "make_tiny_tokenizer"]
+__all__ = ["TINY_FAMILIES", "make_score_result", "make_tiny_model", "make_tiny_profile", "make_tiny_tokenizer"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in {"TINY_FAMILIES", "make_tiny_model", "make_tiny_tokenizer"}:
+    if name in {"TINY_FAMILIES", "make_tiny_model", "make_tiny_profile", "make_tiny_tokenizer"}:
         from gradguard.testing import tiny
 
         return getattr(tiny, name)

@@ -138,3 +138,26 @@ def make_tiny_model(
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok
+
+
+def make_tiny_profile(tokenizer: PreTrainedTokenizerFast | None = None, **overrides: Any) -> Any:
+    """A measured :class:`~gradguard.profiles.Profile` for ``make_tiny_model("qwen2")`` (4 layers, hidden 32).
+
+    Offset −2 over layers 2–3, the tiny Qwen2 template's fingerprint; any field can be overridden.
+    """
+    from gradguard.profiles import Profile
+    from gradguard.profiles.fingerprint import chat_template_fingerprint
+
+    fields: dict[str, Any] = dict(
+        name="tiny-qwen2",
+        kind="measured",
+        model_id="test/tiny-qwen2",
+        model_type="qwen2",
+        num_layers=4,
+        hidden_size=32,
+        chat_template_fingerprint=chat_template_fingerprint(tokenizer or make_tiny_tokenizer("qwen2")),
+        spt_offset=-2,
+        layer_span=(2, 4),
+    )
+    fields.update(overrides)
+    return Profile(**fields)
