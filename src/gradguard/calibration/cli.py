@@ -151,6 +151,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def format_report(report: Any) -> str:
     """The calibration's figures as text: counts, the ablation, raw scores, gains and the domain flag."""
+    from gradguard.calibration.fit import SHIPPED
+
     cal = report.calibration
     lines = [
         f"task {cal.task.name}: {cal.n} scored answers from {cal.data.file} ({cal.n_correct} correct, judge "
@@ -159,7 +161,7 @@ def format_report(report: Any) -> str:
         f"{'features':<20} {'CV AUROC':>8} {'95% CI':>15} {'Brier':>6} {'ECE':>6} {'AURC':>6}",
     ]
     for name, fig in cal.ablation.items():
-        mark = " *" if name == list(cal.ablation)[-1] else ""
+        mark = " *" if name == SHIPPED else ""
         lines.append(
             f"{name + mark:<20} {_fmt(fig.auroc):>8} {_ci(fig.auroc_ci):>15} {_fmt(fig.brier):>6} {_fmt(fig.ece):>6} "
             f"{_fmt(fig.aurc):>6}"

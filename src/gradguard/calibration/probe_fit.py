@@ -2,11 +2,11 @@
 
 The model is an L2 logistic regression on ``[standardised scalar features, each chosen hidden
 block reduced to its top-k principal components (or kept whole and standardised)]``. Which
-probe (none; every position × layer at 16 or 32 components; the last prompt token and the
-answer mean at every layer, whole) and the regularisation ``C`` are chosen by an inner grouped
-cross-validation (log-loss) inside each outer fold; the outer folds give the reported, honest
-figures. Folds are grouped (:attr:`gradguard.data.QAItem.group`): questions
-sharing a title (or a context) never fall on both sides of a split.
+probe (none, or every position × layer at 16 or 32 components or whole) and the regularisation
+``C`` are chosen by an inner grouped cross-validation (log-loss) inside each outer fold; the
+outer folds give the reported, honest figures. Folds are grouped
+(:attr:`gradguard.data.QAItem.group`): questions sharing a title (or a context) never fall on
+both sides of a split.
 
 After fitting, the probe weights are folded back from principal components to the hidden space
 (:class:`~gradguard.calibration.model.ProbeBlock`), so applying the calibrator is a handful of
@@ -119,10 +119,8 @@ def candidate_configs(fs: FeatureSet, layers: Sequence[int], Cs: Sequence[float]
     out = [ProbeConfig(fs.features, (), float(C), 0) for C in Cs] if fs.features else []
     if fs.probes and layers:
         every = tuple((p, l) for p in PROBE_POSITIONS for l in layers)
-        whole = tuple((p, l) for p in ("prompt_last", "answer_mean") for l in layers)
         for k in PROBE_PCS:
-            blocks, grid = (whole, WHOLE_CS) if k == 0 else (every, Cs)
-            out += [ProbeConfig(fs.features, blocks, float(C), k) for C in grid]
+            out += [ProbeConfig(fs.features, every, float(C), k) for C in (WHOLE_CS if k == 0 else Cs)]
     return out
 
 
