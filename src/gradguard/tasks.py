@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -247,7 +246,3 @@ def load_task_file(path: str | os.PathLike[str], name: str) -> Task:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
         raise InputError(f"prompt template {path} is not a valid task: {problems}") from None
 
-
-def task_names(tasks: Sequence[Task]) -> list[str]:
-    """The names of ``tasks``, in order."""
-    return [t.name for t in tasks]
