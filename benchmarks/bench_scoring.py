@@ -2,8 +2,9 @@
 
     python benchmarks/bench_scoring.py [--model SRC] [--answer-tokens 32] [--repeats 2]
 
-For prompts of about 64, 512 and 2048 tokens (SciQ questions preceded by RAG-like context
-built from other SciQ questions and answers) and answers of exactly ``--answer-tokens``
+For prompts of about 64, 512 and 2048 tokens (science questions preceded by RAG-like context
+built from other questions and answers, all written into this script: nothing outside the
+repository is read) and answers of exactly ``--answer-tokens``
 tokens, it prints the generation time, the fast scoring time (reusing the generation's KV
 cache), the oracle's time, their ratios, and the peak extra resident memory of each scorer.
 Targets: fast ≤ 25% of generation at every length; ≥ 5× faster than the oracle at 2048;
@@ -27,7 +28,33 @@ import torch
 
 from gradguard import GradScorer
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sciq" / "test.jsonl"
+#: Short science questions with their answers: the questions asked, and (cycled) the RAG-like context.
+FACTS: tuple[tuple[str, str], ...] = (
+    ("Who proposed the theory of evolution by natural selection?", "Charles Darwin"),
+    ("What gas do plants take in for photosynthesis?", "carbon dioxide"),
+    ("Which organelle produces most of a cell's ATP?", "the mitochondrion"),
+    ("What is the chemical symbol of gold?", "Au"),
+    ("What force keeps the planets in orbit around the Sun?", "gravity"),
+    ("What is the boiling point of water at sea level in Celsius?", "100 degrees"),
+    ("Which blood cells carry oxygen?", "red blood cells"),
+    ("What is the most abundant gas in Earth's atmosphere?", "nitrogen"),
+    ("What kind of bond shares electron pairs between atoms?", "a covalent bond"),
+    ("What is the powerhouse molecule that stores cell energy?", "ATP"),
+    ("Which layer of the atmosphere contains the ozone layer?", "the stratosphere"),
+    ("What is the unit of electrical resistance?", "the ohm"),
+    ("Which planet is known as the Red Planet?", "Mars"),
+    ("What carries genetic information in most organisms?", "DNA"),
+    ("What is the process by which water vapor becomes liquid?", "condensation"),
+    ("Which particle in an atom has no electric charge?", "the neutron"),
+    ("What type of rock forms from cooled magma?", "igneous rock"),
+    ("What is the study of fungi called?", "mycology"),
+    ("Which gland produces insulin?", "the pancreas"),
+    ("What is the speed of light in a vacuum, roughly?", "300,000 kilometres per second"),
+    ("What is the largest organ of the human body?", "the skin"),
+    ("What do herbivores eat?", "plants"),
+    ("What is the pH of pure water?", "7"),
+    ("Which scientist formulated the laws of motion?", "Isaac Newton"),
+)
 
 
 def _rss_bytes() -> int:
@@ -57,16 +84,17 @@ def peak_extra_rss(fn: Callable[[], Any]) -> tuple[Any, float, int]:
     return value, elapsed, max(0, max(peak, _rss_bytes()) - start)
 
 
-def build_prompt(scorer: GradScorer, rows: list[dict[str, Any]], target_tokens: int, index: int) -> list[dict[str, str]]:
-    question = rows[index]["query"]
+def build_prompt(scorer: GradScorer, target_tokens: int, index: int) -> list[dict[str, str]]:
+    """A question from :data:`FACTS` preceded by as many other question-answer pairs as make ``target_tokens``."""
+    question = FACTS[index % len(FACTS)][0]
     context: list[str] = []
     j = index + 1
     while True:
         messages = [{"role": "user", "content": _render(context, question)}]
-        if len(scorer.prompt_ids(messages)) >= target_tokens or j >= len(rows):
+        if len(scorer.prompt_ids(messages)) >= target_tokens:
             return messages
-        row = rows[j]
-        context.append(f"Q: {row['query']} A: {row['truthful answer'][0]}.")
+        q, a = FACTS[j % len(FACTS)]
+        context.append(f"Q: {q} A: {a}.")
         j += 1
 
 
@@ -86,7 +114,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     t0 = time.perf_counter()
     scorer = GradScorer.from_pretrained(args.model)
     print(f"model {scorer.model_name} loaded in {time.perf_counter() - t0:.1f}s; torch {torch.__version__}, "
@@ -97,7 +124,7 @@ def main() -> None:
     for length in (int(x) for x in args.lengths.split(",")):
         runs = []
         for rep in range(args.repeats):
-            messages = build_prompt(scorer, rows, length, index=10 * rep + length % 97)
+            messages = build_prompt(scorer, length, index=7 * rep + length % 11)
             scorer.generate_and_score(messages, max_new_tokens=4)  # warm-up at this length
             result, _, fast_mem = peak_extra_rss(lambda: scorer.generate_and_score(messages, **gen_kwargs))
             oracle, oracle_s, oracle_mem = peak_extra_rss(lambda: scorer.oracle(messages, list(result.token_ids)))
