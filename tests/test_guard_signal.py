@@ -125,7 +125,7 @@ def test_no_score_never_passes_even_with_the_loosest_line(sig: GuardSignal, sour
 
 @pytest.mark.parametrize(
     ("confidence", "why"),
-    [(None, "no calibrated confidence"), (math.nan, "unscored (confidence is NaN)"), (1.5, "invalid confidence 1.5")],
+    [(None, "uncalibrated: no calibrated confidence"), (math.nan, "unscored (confidence is NaN)"), (1.5, "invalid confidence 1.5")],
 )
 def test_confidence_signal_without_a_usable_confidence_fails(confidence: float | None, why: str) -> None:
     sig = GuardSignal.confidence(0.0)

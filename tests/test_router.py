@@ -14,6 +14,7 @@ from gradguard.review import SQLiteReviewQueue, human_review_target
 from gradguard.routing import (
     Action,
     EscalationResult,
+    GuardSignal,
     RouteOutcome,
     Router,
     RoutingInputError,
@@ -61,7 +62,7 @@ def assert_well_formed(out: RouteOutcome) -> None:
     if out.action is not Action.ACCEPT:
         assert out.answer == ABSTAIN
     meta = json.loads(json.dumps(out.metadata()))
-    assert set(meta) == {"action", "reason", "confidence", "tier", "trail", "review_id"}
+    assert set(meta) == {"action", "reason", "confidence", "signal", "signal_value", "tier", "trail", "review_id"}
     assert meta["action"] == out.action.value and len(meta["trail"]) == len(out.trail)
 
 
@@ -188,13 +189,36 @@ def test_keyboard_interrupt_in_a_target_is_not_swallowed() -> None:
         router.route(Q, A, make_result(0.2))
 
 
-def test_unregistered_target_is_recorded_and_next_tier_applies() -> None:
-    router = Router(policy(Tier(0.8, Action.ACCEPT), Tier(0.5, Action.ESCALATE, "nowhere"), Tier(0.0, Action.ABSTAIN)))
-    out = router.route(Q, A, make_result(0.6))
-    assert_well_formed(out)
+def test_an_unregistered_target_raises_at_construction() -> None:
+    with pytest.raises(RoutingInputError, match="'nowhere'.*targets="):
+        Router(policy(Tier(0.8, Action.ACCEPT), Tier(0.5, Action.ESCALATE, "nowhere"), Tier(0.0, Action.ABSTAIN)))
+
+
+def test_raw_signal_records_its_value_and_the_real_confidence() -> None:
+    """D2: a threshold test on a raw score is never reported as a confidence."""
+    router = Router(RoutingPolicy.threshold(0.8), signal=GuardSignal.uncertainty("hybridgrad", 0.02))
+    uncalibrated = make_result(None).model_copy(update={"hybridgrad": 0.01})
+    out = router.route(Q, A, uncalibrated)
+    assert out.action is Action.ACCEPT
+    meta = out.metadata()
+    assert meta["confidence"] is None and meta["signal_value"] == pytest.approx(0.01)
+    assert meta["signal"] == "hybridgrad <= 0.02" and "counted as confidence 1" in meta["reason"]
+    calibrated = make_result(0.37).model_copy(update={"hybridgrad": 0.5})
+    out = router.route(Q, A, calibrated)
     assert out.action is Action.ABSTAIN
-    assert outcomes(out) == ["target_missing", "abstained"]
-    assert "'nowhere'" in (out.trail[0].error or "")
+    assert out.metadata()["confidence"] == pytest.approx(0.37) and out.metadata()["signal_value"] == pytest.approx(0.5)
+    assert out.trail[0].confidence == pytest.approx(0.37) and out.trail[0].signal_value == pytest.approx(0.5)
+
+
+def test_routes_from_the_metadata_of_a_message_scored_elsewhere() -> None:
+    router = Router(RoutingPolicy.threshold(0.8))
+    meta = json.loads(json.dumps(make_result(0.9).metadata()))
+    out = router.route(Q, A, meta)
+    assert out.action is Action.ACCEPT and out.metadata()["confidence"] == pytest.approx(0.9)
+    low = {**meta, "confidence": 0.3}
+    assert router.route(Q, A, low).action is Action.ABSTAIN
+    unscored = {**meta, "scored": False}
+    assert router.route(Q, A, unscored).action is Action.ABSTAIN
 
 
 def test_every_tier_exhausted_abstains() -> None:

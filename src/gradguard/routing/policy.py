@@ -79,11 +79,14 @@ class Tier(RoutingModel):
 
 
 class Decision(RoutingModel):
-    """What a policy decided for one confidence.
+    """What a policy decided for one answer.
 
-    ``confidence`` is the calibrated confidence the decision was made on, or
-    ``None`` when there was none (unscored, uncalibrated, NaN or out of range;
-    the policy then decided as if it were 0.0, and ``reason`` says why).
+    ``confidence`` is the answer's calibrated confidence (P(correct); ``None`` when it has
+    none: unscored, uncalibrated, NaN or out of range). ``signal`` names the number the
+    decision was made on and ``signal_value`` is its value (``None``: no usable value, so
+    the policy decided as if the confidence were 0.0, and ``reason`` says why). With the
+    default signal both are the confidence; with a raw uncertainty signal (e.g.
+    ``hybridgrad <= 0.02``; larger = less confident) ``signal_value`` is that uncertainty.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -94,6 +97,16 @@ class Decision(RoutingModel):
     confidence: float | None
     target: str | None
     reason: str
+    signal: str = "confidence"
+    signal_value: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_signal_value(cls, data: Any) -> Any:
+        """With the default signal the value decided on is the confidence itself."""
+        if isinstance(data, dict) and data.get("signal", "confidence") == "confidence" and "signal_value" not in data:
+            data = {**data, "signal_value": data.get("confidence")}
+        return data
 
 
 def read_confidence(value: float | ScoreResult | None) -> tuple[float | None, str | None]:
@@ -202,21 +215,23 @@ class RoutingPolicy(RoutingModel):
             )
         return cls(tiers=[Tier(t, Action.ACCEPT), Tier(0.0, below, target)])
 
-    def decide(self, confidence: float | ScoreResult | None, *, from_tier: int = 0) -> Decision:
+    def decide(
+        self, confidence: float | ScoreResult | None, *, from_tier: int = 0, missing_reason: str | None = None
+    ) -> Decision:
         """The decision for ``confidence`` (a calibrated probability, a ``ScoreResult`` or ``None``).
 
         Fails closed: ``None``, NaN, an out-of-range value, an unscored result
         (``result.scored`` False) or an uncalibrated one (``result.confidence``
         None) are decided as confidence 0.0, i.e. by the floor tier, and the
-        reason starts with ``"unscored"``, ``"uncalibrated"`` or ``"invalid"``.
+        reason starts with ``"unscored"``, ``"uncalibrated"`` or ``"invalid"``
+        (or is ``missing_reason``, when given for a ``None`` confidence).
 
         ``from_tier`` skips the tiers above it (the router uses it when a tier's
         escalation could not run, so that the next tier down applies).
         """
-        return self._decide(*read_confidence(confidence), from_tier=from_tier)
-
-    def _decide(self, value: float | None, why: str | None, *, from_tier: int = 0) -> Decision:
-        """The decision for a confidence already read (``value``, or ``None`` and ``why`` there is none)."""
+        value, why = read_confidence(confidence)
+        if confidence is None and missing_reason is not None:
+            why = missing_reason
         if isinstance(from_tier, bool) or not isinstance(from_tier, int) or not 0 <= from_tier < len(self.tiers):
             raise RoutingPolicyError(
                 f"from_tier={from_tier!r} is not a tier index of this policy; use 0..{len(self.tiers) - 1}"

@@ -55,7 +55,7 @@ SignalFn = Callable[[ScoreResult], "float | None"]
 
 _NO_FINITE_SCORE = "the answer has no finite score (e.g. an empty answer)"
 _NO_CALIBRATION = (
-    "no calibrated confidence (the model has no calibration profile); "
+    "uncalibrated: no calibrated confidence (no calibration applies to this model and task); "
     "guard on a raw score instead, e.g. signal='hybridgrad' with max_uncertainty"
 )
 
