@@ -86,7 +86,7 @@ def prefill(model: PreTrainedModel, prefix_ids: Sequence[int]) -> DynamicCache:
     cache = DynamicCache(config=model.config)
     if prefix_ids:
         ids = torch.tensor([list(prefix_ids)], device=model.device)
-        model.get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True)
+        model.get_decoder()(input_ids=ids, cache=cache, use_cache=True)
     return cache
 
 
@@ -213,7 +213,7 @@ def fast_scores(
             _capture_layer_inputs(layers, [l for l in hidden_layers if l < len(layers)], layer_inputs),
             _graph_from_layer(layers, start, stop, captured),
         ):
-            out = model.get_decoder()(input_ids=ids, past_key_values=cropped, use_cache=True)
+            out = model.get_decoder()(input_ids=ids, cache=cropped, use_cache=True)
             torch.set_grad_enabled(True)
             u = out.last_hidden_state  # (B, width, d), the LM-head input, with a graph above `start`
     finally:

@@ -407,7 +407,7 @@ class GradScorer:
                 )
             generate_s = time.perf_counter() - started
             ids = [self._until_end_of_turn(row[len(prompt) :].tolist()) for row in out.sequences]
-            cache = out.past_key_values if isinstance(out.past_key_values, DynamicCache) else None
+            cache = out.cache if isinstance(out.cache, DynamicCache) else None  # transformers >= 5.24 names it `cache`
             del out
             return self._score_ids(prompt, position, ids, cache=cache, generate_s=generate_s, task=name)
 
