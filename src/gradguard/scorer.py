@@ -21,7 +21,7 @@ from gradguard.errors import ContextLengthError, InputError, UnsupportedModelErr
 from gradguard.fast_path import RawScores, decoder_layers, fast_scores
 from gradguard.loading import load_model
 from gradguard.oracle import oracle_scores
-from gradguard.profiles import Profile, ProfileNotFoundError, ProfileWarning, manual_profile, resolve_profile
+from gradguard.profiles import Profile, ProfileError, ProfileWarning, manual_profile, resolve_profile
 from gradguard.profiles.schema import TaskCalibration
 from gradguard.prompting import Messages, end_of_turn_ids, template_prompt, tokenize_response
 from gradguard.result import CalibrationInfo, ScoreResult, Timings
@@ -67,7 +67,10 @@ class GradScorer:
     model (exact model id → chat-template fingerprint → family default; see ``docs/profiles.md``).
     ``spt_offset`` (negative: from the end of the chat-templated prompt) and ``layer_span`` (the
     half-open range of decoder layers SemGrad averages over) override it; a calibration then
-    applies only if it was fitted with the same settings, else ``confidence`` is None.
+    applies only if it was fitted with the same settings, else ``confidence`` is None. With an
+    explicit ``spt_offset`` and no ``profile``, a failed lookup (no profile applies, or the one found
+    was measured on a different model) never raises: the scorer runs uncalibrated on a
+    :func:`~gradguard.profiles.manual_profile`. An explicit ``profile`` that does not fit still raises.
 
     ``task`` names the calibration that turns scores into ``confidence`` (``closed-qa``, ``rag``,
     ``chat`` or a task the profile was calibrated for; see :mod:`gradguard.tasks`); every scoring
@@ -124,13 +127,18 @@ class GradScorer:
         layer_span: tuple[int, int] | None,
         strict: bool,
     ) -> Profile:
+        """The explicit profile, else the one found for the model; with an explicit ``spt_offset`` and no
+        explicit profile, the lookup is only a search for a matching calibration: when it fails in any way
+        (no profile, or one measured on a different model: :class:`ProfileMismatchError`), the scorer runs
+        on :func:`manual_profile` (uncalibrated, ``confidence`` None) instead of raising.
+        """
         if profile is not None or spt_offset is None:
             return resolve_profile(self.model, self.tokenizer, model_id=self.model_name, profile=profile, strict=strict)
         try:
             with warnings.catch_warnings():  # only a look for a matching calibration; the caller chose the offset
                 warnings.simplefilter("ignore", ProfileWarning)
                 found = resolve_profile(self.model, self.tokenizer, model_id=self.model_name, strict=strict)
-        except ProfileNotFoundError:
+        except ProfileError:  # not found, mismatch (dims, model type, chat template), unreadable
             found = None
         if found is not None and found.spt_offset == spt_offset and (layer_span is None or found.layer_span == layer_span):
             return found
