@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gradguard.errors import InputError
 from gradguard.scores import SCORE_LABELS
 
 __all__ = ["register", "main", "add_generation_arguments", "default_probe_layers", "resolve_task"]
@@ -83,7 +84,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from gradguard.data import file_sha256, load_qa
     from gradguard.fast_path import decoder_layers
     from gradguard.profiles.io import save_profile
-    from gradguard.profiles.schema import Profile
 
     items = load_qa(args.data, args.n, shuffle_seed=args.shuffle_seed)
     scorer, profile = make_scorer(
@@ -94,16 +94,18 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         device=args.device,
     )
     task = resolve_task(args.task, args.prompt_template, profile)
-    # Validate the profile this run will write *before* the long part (an override of the offset or span
-    # makes it a manual profile; an SPS matrix that never measured the new offset is dropped).
-    updates: dict[str, Any] = {}
-    if args.spt_offset is not None or args.layer_span is not None:
-        updates.update(spt_offset=scorer.spt_offset, layer_span=tuple(scorer.layer_span), kind="manual")
-        if profile.sps is not None and scorer.spt_offset not in profile.sps.offsets:
-            updates["sps"] = None
-    base = Profile.model_validate({**profile.model_dump(), **updates}) if updates else profile
+    # Everything that can reject this run is checked *before* the long part: the profile it will write,
+    # the probe layers, and whether the offset reaches inside the prompts.
+    base = _base_profile(profile, scorer, overridden=args.spt_offset is not None or args.layer_span is not None)
     model = getattr(scorer, "model", None)
-    layers = tuple(args.hidden_layers or (default_probe_layers(len(decoder_layers(model))) if model is not None else ()))
+    n_layers = len(decoder_layers(model)) if model is not None else None
+    layers = tuple(args.hidden_layers or (default_probe_layers(n_layers) if n_layers is not None else ()))
+    if n_layers is not None and any(not 0 <= l <= n_layers for l in layers):
+        raise InputError(
+            f"--hidden-layers {list(layers)}: the model has {n_layers} decoder layers, so a probe layer must lie in "
+            f"[0, {n_layers}] ({n_layers} = the final normed output); pass layers in that range"
+        )
+    _check_offset_reaches_prompts(scorer, items, task)
     max_new = args.max_new_tokens or task.max_new_tokens
     records = run_harness(
         scorer,
@@ -132,8 +134,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     )
     steps.close()
     cal = report.calibration
-    new = base.model_copy(update={"calibrations": {**base.calibrations, task.name: cal}})
-    new = Profile.model_validate(new.model_dump())
+    data = base.model_dump()
+    data["calibrations"][task.name] = cal.model_dump()
+    new = _validated(data, "the calibrated profile")
     out = args.out or f"{Path(args.data).stem}-{task.name}-profile.json"
     save_profile(new, out)
     print(format_report(report))
@@ -146,7 +149,61 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         for path in plot_calibration(report, args.plots):
             print(f"wrote {path}")
     print(f"wrote {out} (task {task.name})")
+    span = tuple(scorer.layer_span)
+    stale = sorted(name for name, c in new.calibrations.items() if not c.applies_to(new.spt_offset, span))
+    if stale:
+        print(
+            f"note: the calibrations of {', '.join(stale)} in {out} were fitted at other settings than "
+            f"spt_offset={new.spt_offset}, layer_span={span}; they give no confidence at these settings (recalibrate them)"
+        )
     return 0
+
+
+def _validated(data: dict[str, Any], what: str) -> Any:
+    """``Profile.model_validate(data)``, with a validation failure reported as a :class:`ProfileError`."""
+    from pydantic import ValidationError
+
+    from gradguard.profiles.errors import ProfileError
+    from gradguard.profiles.schema import Profile
+
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'profile'}: {e['msg']}" for e in exc.errors())
+        raise ProfileError(f"{what} is not a valid profile ({problems}); change --spt-offset/--layer-span or --profile") from None
+
+
+def _base_profile(profile: Any, scorer: Any, *, overridden: bool) -> Any:
+    """The profile this run extends. An explicit ``--spt-offset``/``--layer-span`` makes it a ``manual`` profile at
+    the scorer's settings: any negative offset is usable, measured or not. The record ties two fields to the offset,
+    so they follow it: the SPS matrix stays only when it measured the new offset (``spt_offset`` must be among its
+    offsets), and ``anchor_token`` becomes the token the new offset lands on in this tokenizer's prompts.
+    """
+    if not overridden:
+        return profile
+    from gradguard.profiles.lookup import token_at_offset
+
+    offset = int(scorer.spt_offset)
+    updates: dict[str, Any] = {"spt_offset": offset, "layer_span": tuple(scorer.layer_span), "kind": "manual"}
+    if offset != profile.spt_offset:
+        tokenizer = getattr(scorer, "tokenizer", None)
+        updates["anchor_token"] = token_at_offset(tokenizer, offset) if tokenizer is not None else None
+    if profile.sps is not None and offset not in profile.sps.offsets:
+        updates["sps"] = None
+    return _validated({**profile.model_dump(), **updates}, f"profile {profile.name!r} at spt_offset={offset}")
+
+
+def _check_offset_reaches_prompts(scorer: Any, items: Sequence[Any], task: Any) -> None:
+    """Raise :class:`InputError` when the offset reaches before the start of every prompt (nothing could be scored)."""
+    prompt_ids = getattr(scorer, "prompt_ids", None)
+    if prompt_ids is None or not items:
+        return
+    longest = max(len(prompt_ids(task.item_messages(item))) for item in items)
+    if longest + int(scorer.spt_offset) < 0:
+        raise InputError(
+            f"--spt-offset {scorer.spt_offset} reaches before the start of every prompt (the longest has {longest} "
+            f"tokens), so no answer could be scored; pass an offset between -1 and -{longest} (e.g. the profile's)"
+        )
 
 
 def format_report(report: Any) -> str:
