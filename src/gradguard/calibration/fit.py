@@ -35,9 +35,21 @@ from gradguard.calibration.probe_fit import (
     heldout_domain_figures,
     nested_cv,
 )
-from gradguard.profiles.schema import AurocGain, CalibrationData, CVFigures, TaskCalibration, finite_or_none, finite_pairs
+from gradguard.extras import require
+from gradguard.profiles.schema import (
+    AurocGain,
+    CalibrationData,
+    CVFigures,
+    TaskCalibration,
+    finite_or_none,
+    finite_pairs,
+)
 from gradguard.scores import FEATURES, GRADIENT_FEATURES, SCORES, TOKEN_FEATURES
 from gradguard.tasks import Task
+
+# Fail on import, before `gradguard calibrate` spends its long harness run, when the extra is missing.
+for _module in ("sklearn", "scipy.stats"):
+    require(_module, "calibrate", "fitting a calibration")
 
 __all__ = ["ABLATION", "SHIPPED", "FitReport", "fit_data_from_records", "fit_task_calibration", "paired_gain"]
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from gradguard.extras import require
+
 __all__ = [
     "auroc",
     "aurc",
@@ -54,7 +56,7 @@ def confidence_from_uncertainty(uncertainty: ArrayLike) -> NDArray[np.float64]:
 
 def auroc(confidence: ArrayLike, correct: ArrayLike) -> float:
     """Area under the ROC curve for telling correct answers from wrong ones (NaN with only one class)."""
-    from scipy.stats import rankdata
+    rankdata = require("scipy.stats", "calibrate", "AUROC").rankdata
 
     c, y = _prepare(confidence, correct)
     n_pos = int(y.sum())

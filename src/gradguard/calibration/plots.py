@@ -9,19 +9,16 @@ from typing import Any
 import numpy as np
 
 from gradguard.calibration.metrics import aurc, risk_coverage_curve
+from gradguard.extras import require
 from gradguard.scores import FEATURES, SCORE_BY_NAME
 
 __all__ = ["plot_calibration", "plot_reliability", "plot_task_risk_coverage", "pyplot", "finish_risk_coverage", "save_figure"]
 
 
 def pyplot() -> Any:
-    """matplotlib's pyplot on the non-interactive Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    """matplotlib's pyplot on the non-interactive Agg backend (the ``calibrate`` extra)."""
+    require("matplotlib", "calibrate", "plotting").use("Agg", force=False)
+    return require("matplotlib.pyplot", "calibrate", "plotting")
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:

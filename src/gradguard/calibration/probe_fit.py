@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from gradguard.calibration.model import DomainDescription, LogisticCalibrator, ProbeBlock, as_plain
 from gradguard.errors import GradguardError
+from gradguard.extras import require
 from gradguard.result import HIDDEN_POSITIONS
 
 __all__ = [
@@ -51,6 +53,11 @@ PROBE_POSITIONS: tuple[str, ...] = ("prompt_last", "answer_last", "answer_mean")
 #: Principal components per block of the reduced probes (0 = the whole block, standardised).
 PROBE_PCS: tuple[int, ...] = (16, 32, 0)
 _DOMAIN_PCS = 16  # principal components per hidden block in the domain description
+
+
+def _sklearn(submodule: str) -> Any:
+    """``sklearn.<submodule>`` (the ``calibrate`` extra)."""
+    return require(f"sklearn.{submodule}", "calibrate", "fitting a calibration")
 
 
 class CalibrationError(GradguardError):
@@ -133,7 +140,7 @@ class _PCA:
 
     @classmethod
     def fit(cls, H: NDArray[np.float64], k: int) -> _PCA:
-        from sklearn.utils.extmath import randomized_svd
+        randomized_svd = _sklearn("utils.extmath").randomized_svd
 
         mean = H.mean(axis=0)
         centred = H - mean
@@ -202,7 +209,7 @@ class _Fitted:
 
 def fit_config(config: ProbeConfig, data: FitData, *, pca_cache: dict | None = None) -> _Fitted:
     """Fit one candidate on ``data``."""
-    from sklearn.linear_model import LogisticRegression
+    LogisticRegression = _sklearn("linear_model").LogisticRegression
 
     idx = [data.features.index(f) for f in config.features]
     if idx:
@@ -233,7 +240,7 @@ def fit_config(config: ProbeConfig, data: FitData, *, pca_cache: dict | None = N
 
 def _group_folds(groups: NDArray[np.int64], y: NDArray[np.float64], k: int, seed: int) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
     """Grouped, roughly class-balanced folds (no group on both sides)."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    StratifiedGroupKFold = _sklearn("model_selection").StratifiedGroupKFold
 
     n_groups = len(np.unique(groups))
     k = min(k, n_groups)
@@ -321,7 +328,7 @@ def fit_domain(
 
     Without ``heldout`` distances the in-sample ones are used (which makes the edge tighter).
     """
-    from sklearn.covariance import LedoitWolf
+    LedoitWolf = _sklearn("covariance").LedoitWolf
 
     idx = [data.features.index(f) for f in features]
     xs = data.X[:, idx]

@@ -37,6 +37,7 @@ from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
 
 from gradguard.errors import InputError
+from gradguard.extras import require
 
 __all__ = [
     "ThresholdResult",
@@ -53,6 +54,11 @@ __all__ = [
 DEFAULT_GRID: tuple[float, ...] = tuple(float(v) for v in np.round(np.linspace(1.0, 0.0, 1001), 6))
 #: Number of fixed-sequence chains (starting at 1.0, 0.9, …); δ is split evenly between them.
 DEFAULT_STARTS = 10
+
+
+def _stats() -> Any:
+    """``scipy.stats`` (the ``calibrate`` extra)."""
+    return require("scipy.stats", "calibrate", "risk-controlled thresholds")
 
 
 class ThresholdResult(BaseModel):
@@ -84,7 +90,7 @@ class ThresholdResult(BaseModel):
 
 def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     """One-sided (1−δ) Clopper–Pearson upper confidence bound on an error rate (1.0 when n = 0)."""
-    from scipy.stats import beta
+    beta = _stats().beta
 
     if n <= 0 or errors >= n:
         return 1.0
@@ -93,7 +99,7 @@ def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
 
 def binomial_p_value(errors: int, n: int, epsilon: float) -> float:
     """Exact p-value of "error rate > ε" given ``errors`` in ``n``: ``P(Binomial(n, ε) ≤ errors)`` (1 when n = 0)."""
-    from scipy.stats import binom
+    binom = _stats().binom
 
     if n <= 0:
         return 1.0
@@ -117,7 +123,7 @@ def choose_threshold(
     ``n_unscored`` counts calibration questions that had no confidence (never accepted),
     which only lowers the coverage. See the module docstring for the procedure.
     """
-    from scipy.stats import binom
+    binom = _stats().binom
 
     if not 0 < epsilon < 1:
         raise InputError(f"epsilon={epsilon} must be in (0, 1): the tolerated error rate among accepted answers, e.g. 0.2")
@@ -160,7 +166,7 @@ def choose_threshold(
     if best < 0:
         nonempty = np.flatnonzero(n_acc > 0)
         if nonempty.size:
-            from scipy.stats import beta
+            beta = _stats().beta
 
             e_, n_ = errs[nonempty], n_acc[nonempty]
             bounds = np.where(e_ >= n_, 1.0, beta.ppf(1.0 - level, e_ + 1, np.maximum(n_ - e_, 1)))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from gradguard.calibration.harness import CachedRecord
 from gradguard.calibration.labels import label_answer
 from gradguard.calibration.metrics import (
     aurc,
@@ -31,10 +32,14 @@ from gradguard.calibration.metrics import (
     prr,
     risk_coverage_curve,
 )
-from gradguard.calibration.harness import CachedRecord
 from gradguard.calibration.model import predict
+from gradguard.extras import require
 from gradguard.scores import SCORE_BY_NAME, SCORE_LABELS, SCORES
 from gradguard.tasks import Task, builtin_task
+
+# Fail on import, before `gradguard eval` spends its long harness run, when the extra is missing.
+for _module in ("scipy.stats", "matplotlib"):
+    require(_module, "calibrate", "the evaluation report")
 
 __all__ = [
     "METHODS",

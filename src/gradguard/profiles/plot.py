@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gradguard.extras import require
 from gradguard.profiles.schema import Profile, SPSMatrix
 
 __all__ = ["plot_sps"]
@@ -28,11 +29,10 @@ def plot_sps(
     top half by default), and the layer-span boundary is dashed. ``reference_offset``
     (e.g. the family default) is marked with a triangle for comparison.
     """
-    import matplotlib
+    from gradguard.calibration.plots import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+    plt = pyplot()
+    Rectangle = require("matplotlib.patches", "calibrate", "plotting").Rectangle
 
     if isinstance(source, Profile):
         if source.sps is None:
