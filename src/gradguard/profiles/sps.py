@@ -124,7 +124,7 @@ def _prefix_cache(model: Any, prefix: list[int]) -> Any:
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
     except TypeError:
         return None
-    cache = out.past_key_values
+    cache = out.cache  # transformers >= 5.24 (`past_key_values` before)
     return cache if isinstance(cache, DynamicCache) else None
 
 
@@ -154,7 +154,7 @@ def _forward_hidden(
     if prefix_cache is not None:
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(len(batch))
-        kwargs.update(past_key_values=cache, use_cache=True)
+        kwargs.update(cache=cache, use_cache=True)
     else:
         kwargs["use_cache"] = False
     try:
