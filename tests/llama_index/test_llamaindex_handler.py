@@ -11,11 +11,13 @@ import pytest
 pytest.importorskip("llama_index.core")
 pytest.importorskip("llama_index.llms.huggingface")
 
-from llama_index.core.base.llms.types import ChatMessage  # noqa: E402
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse  # noqa: E402
+from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
+from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent  # noqa: E402
 from llama_index.core.llms import MockLLM  # noqa: E402
+from llama_index.core.llms.callbacks import llm_chat_callback  # noqa: E402
 from llama_index.llms.huggingface import HuggingFaceLLM  # noqa: E402
 
-from gradguard.result import METADATA_KEYS  # noqa: E402
 from gradguard import GradScorer  # noqa: E402
 from gradguard.integrations.llama_index import (  # noqa: E402
     GradguardEventHandler,
@@ -23,6 +25,7 @@ from gradguard.integrations.llama_index import (  # noqa: E402
     GradguardLLM,
     capture_scores,
 )
+from gradguard.result import METADATA_KEYS  # noqa: E402
 from gradguard.testing import make_tiny_model  # noqa: E402
 
 PROMPT = "Name a prime number."
@@ -101,24 +104,115 @@ def test_preformatted_completion_is_recorded_unscored(hf_llm: HuggingFaceLLM, ha
     assert handler.last is not None and handler.last.error and not handler.last.scored
 
 
-def test_handler_never_raises_into_the_application(hf_llm: HuggingFaceLLM) -> None:
-    class BrokenScorer:
-        model_name = "broken"
-        tokenizer = hf_llm._tokenizer
+def test_formatted_completion_during_another_threads_chat_is_recorded(
+    hf_llm: HuggingFaceLLM, handler: GradguardEventHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # D3: a chat held open in one thread must not swallow another thread's complete(formatted=True)
+    in_chat, release = threading.Event(), threading.Event()
+    generate = hf_llm._model.generate
 
-        def score(self, *a: Any, **k: Any) -> Any:
-            raise RuntimeError("scorer exploded")
+    def gated_generate(*a: Any, **k: Any) -> Any:
+        if threading.current_thread().name == "chatter":
+            in_chat.set()
+            release.wait(60)
+        return generate(*a, **k)
 
-    h = GradguardEventHandler(BrokenScorer(), llm=hf_llm).attach()  # type: ignore[arg-type]
+    monkeypatch.setattr(hf_llm._model, "generate", gated_generate)
+    chatter = threading.Thread(target=hf_llm.chat, args=(MESSAGES,), name="chatter")
+    chatter.start()
     try:
-        response = hf_llm.chat(MESSAGES)  # must not raise
+        assert in_chat.wait(60)
+        prompt = hf_llm.messages_to_prompt(MESSAGES)  # even the very prompt of the open chat
+        response = hf_llm.complete(prompt, formatted=True)
     finally:
-        h.detach()
+        release.set()
+        chatter.join(60)
+    assert response.additional_kwargs["gradguard"]["scored"] is False
+    records = handler.records
+    assert [r.kind for r in records] == ["completion", "chat"]
+    assert records[0].text == response.text and "formatted" in (records[0].error or "")
+    assert records[1].messages == [{"role": "user", "content": PROMPT}]
+
+
+class _AskLastLLM(MockLLM):
+    """A chat that runs an inner plain complete() on the last message (not the rendered prompt)."""
+
+    @llm_chat_callback()
+    def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        answer = self.complete(messages[-1].content)
+        return ChatResponse(message=ChatMessage(role="assistant", content=answer.text))
+
+
+def test_the_inner_completion_of_a_chat_is_not_recorded_twice(hf_llm: HuggingFaceLLM) -> None:
+    llm = _AskLastLLM()
+    with GradguardEventHandler(GradScorer(hf_llm._model, hf_llm._tokenizer), llm=llm) as h:
+        response = llm.chat(MESSAGES)
+        list(hf_llm.stream_chat(MESSAGES))  # another LLM: ignored
+    assert response.message.additional_kwargs["gradguard"]["scored"] is True
+    [record] = h.records
+    assert record.kind == "chat" and record.messages == [{"role": "user", "content": PROMPT}]
+
+
+def test_another_instance_with_the_same_config_is_ignored(
+    hf_llm: HuggingFaceLLM, handler: GradguardEventHandler
+) -> None:
+    # D7: attribution is by LLM instance, not by equal payloads
+    twin = HuggingFaceLLM(
+        model=hf_llm._model,
+        tokenizer=hf_llm._tokenizer,
+        max_new_tokens=6,
+        is_chat_model=True,
+        context_window=1024,
+        device_map="cpu",
+    )
+    assert twin.to_payload() == hf_llm.to_payload()
+    completion, chat = twin.complete(PROMPT), twin.chat(MESSAGES)
+    assert "gradguard" not in completion.additional_kwargs and "gradguard" not in chat.additional_kwargs
+    assert handler.records == []
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+@pytest.mark.parametrize("span_id", ["made-up-span", None])
+def test_an_unattributed_end_event_is_recorded_unscored(
+    handler: GradguardEventHandler, kind: str, span_id: str | None
+) -> None:
+    # D7: an end event whose span the handler never saw is neither scored blind nor passed silently
+    if kind == "chat":
+        response: Any = ChatResponse(message=ChatMessage(role="assistant", content="7"))
+        event: Any = LLMChatEndEvent(messages=MESSAGES, response=response, span_id=span_id)
+    else:
+        response = CompletionResponse(text="7")
+        event = LLMCompletionEndEvent(prompt=PROMPT, response=response, span_id=span_id)
+    get_dispatcher().event(event)
+    meta = response.additional_kwargs["gradguard"]
+    assert meta["scored"] is False and "attributed" in meta["error"]
+    [record] = handler.records
+    assert record.kind == kind and record.text == "7" and not record.scored and record.error == meta["error"]
+
+
+def test_handler_never_raises_into_the_application(hf_llm: HuggingFaceLLM) -> None:
+    scorer = GradScorer(hf_llm._model, hf_llm._tokenizer)
+
+    def explode(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("scorer exploded")
+
+    scorer.score = explode  # type: ignore[method-assign]
+    with GradguardEventHandler(scorer, llm=hf_llm) as h:
+        response = hf_llm.chat(MESSAGES)  # must not raise
     meta = response.message.additional_kwargs["gradguard"]
     assert meta["scored"] is False and "scorer exploded" in meta["error"]
     assert set(meta) >= set(METADATA_KEYS)
     assert all(v is None for v in meta["uncertainty"].values())
-    assert h.last is not None and "scorer exploded" in (h.last.error or "")
+    assert [r.kind for r in h.records] == ["chat"]
+    assert h.last is not None and "scorer exploded" in (h.last.error or "") and not h.last.scored
+
+
+def test_a_failure_while_handling_is_recorded_unscored(hf_llm: HuggingFaceLLM) -> None:
+    # a tool message cannot be scored: messages_to_dicts raises inside the handler, the app sees nothing
+    with GradguardEventHandler(GradScorer(hf_llm._model, hf_llm._tokenizer)) as h:
+        response = MockLLM().chat([*MESSAGES, ChatMessage(role="tool", content="42")])
+    assert response.message.additional_kwargs["gradguard"]["scored"] is False
+    assert h.last is not None and h.last.kind == "chat" and "tool" in (h.last.error or "")
 
 
 def test_only_the_given_llm_is_scored(hf_llm: HuggingFaceLLM, handler: GradguardEventHandler) -> None:
@@ -161,7 +255,9 @@ def test_gradguard_llm_responses_are_recorded_not_rescored(hf_llm: HuggingFaceLL
 def test_records_are_thread_safe_and_bounded(hf_llm: HuggingFaceLLM) -> None:
     h = GradguardEventHandler.from_llm(hf_llm, max_records=3).attach()
     try:
-        threads = [threading.Thread(target=hf_llm.chat, args=([ChatMessage(role="user", content=f"q{i}")],)) for i in range(4)]
+        threads = [
+            threading.Thread(target=hf_llm.chat, args=([ChatMessage(role="user", content=f"q{i}")],)) for i in range(4)
+        ]
         for t in threads:
             t.start()
         for t in threads:

@@ -1,70 +1,63 @@
-"""``GradguardEventHandler``: scores every LLM answer seen through LlamaIndex instrumentation.
-
-For applications that host their model with ``llama-index-llms-huggingface``'s ``HuggingFaceLLM``
-(or any LlamaIndex LLM backed by a local Hugging Face model that a :class:`gradguard.GradScorer`
-can load), without changing the LLM class.
-"""
+"""``GradguardEventHandler``: scores the LLM answers seen through LlamaIndex instrumentation."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter, OrderedDict, deque
+import weakref
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from llama_index.core.base.llms.types import ChatResponse, CompletionResponse
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.dispatcher import Dispatcher
 from llama_index.core.instrumentation.event_handlers.base import BaseEventHandler
+from llama_index.core.instrumentation.events import llm as llm_events
 from llama_index.core.instrumentation.events.base import BaseEvent
-from llama_index.core.instrumentation.events.llm import (
-    LLMChatEndEvent,
-    LLMChatStartEvent,
-    LLMCompletionEndEvent,
-    LLMCompletionStartEvent,
-)
+from llama_index.core.instrumentation.span.base import BaseSpan
+from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from gradguard.integrations._core import LocalBackend, score_foreign, unscored_metadata
 from gradguard.integrations.llama_index.utils import (
     CapturedScore,
     GradguardLlamaIndexError,
     attach_metadata,
     messages_to_dicts,
-    missing_score_metadata,
     publish_score,
     read_metadata,
     read_result,
 )
 from gradguard.result import ScoreResult
-
-if TYPE_CHECKING:
-    from gradguard.scorer import GradScorer
+from gradguard.scorer import GradScorer
 
 __all__ = ["GradguardEventHandler", "ScoredCall"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_OPEN_SPANS = 4096
+_START = (llm_events.LLMChatStartEvent, llm_events.LLMCompletionStartEvent)
+_END = (llm_events.LLMChatEndEvent, llm_events.LLMCompletionEndEvent)
+_Kind = Literal["completion", "chat"]
+_CHAT_METHODS = frozenset({"chat", "stream_chat", "achat", "astream_chat"})
+_MAX_KEPT = 4096  # spans and handled event ids remembered
+_UNATTRIBUTED = "no span/start event was seen for this LLM call (attached mid-call?), so it cannot be attributed"
+_FORMATTED = "complete(formatted=True): the prompt's chat messages are unknown; call llm.chat(messages) for a score"
 
 
 class ScoredCall(BaseModel):
-    """The record of one LLM answer seen by :class:`GradguardEventHandler`.
-
-    ``metadata`` is the shared schema (:meth:`gradguard.ScoreResult.metadata`; larger
-    uncertainty = less confident). When scoring was impossible ``result`` is ``None``,
-    ``metadata["scored"]`` is False and ``error`` says why: treat the answer as unconfident.
-    """
+    """One LLM answer; without a score ``result`` is None and ``error`` says why (treat it as unconfident)."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    kind: Literal["completion", "chat"]
+    kind: _Kind
     span_id: str | None = None
     messages: list[dict[str, str]] | None = Field(None, description="The chat messages the answer was scored against.")
     text: str = Field("", description="The answer text.")
     metadata: dict[str, Any]
     result: ScoreResult | None = None
-    error: str | None = None
+    error: str | None = Field(None, description="Why the answer has no score (None when it was scored).")
     timestamp: datetime = Field(default_factory=datetime.now)
 
     @property
@@ -73,64 +66,79 @@ class ScoredCall(BaseModel):
         return self.result is not None and self.result.scored
 
 
+@dataclass
+class _Span:
+    instance: Any
+    parent: str | None
+    method: str
+    in_chat: bool  # a chat span of the same LLM instance encloses it
+    started: bool = False  # its LLM start event was seen
+    formatted: bool = False
+
+
+class _SpanTracker(BaseSpanHandler[BaseSpan]):
+    """Keeps each span's instance, parent and method; a started LLM call's span until its end event (a stream
+    ends after its method returned). It creates no spans."""
+
+    _spans: OrderedDict[str, _Span] = PrivateAttr(default_factory=OrderedDict)
+
+    def new_span(self, id_: str, *args: Any, **kwargs: Any) -> None:  # called with keywords only
+        instance, parent_span_id = kwargs.get("instance"), kwargs.get("parent_span_id")
+        method = id_.rsplit("-", 5)[0].rpartition(".")[2]  # ids are "<Class>.<method>-<uuid4>"
+        with self.lock:
+            if id_ in self._spans:  # seen through a second attached dispatcher
+                return
+            in_chat, up = False, self._spans.get(parent_span_id or "")
+            while up is not None and not in_chat:  # ancestors are open, hence known, while a child starts
+                in_chat = instance is not None and up.instance is instance and up.method in _CHAT_METHODS
+                up = self._spans.get(up.parent or "")
+            self._spans[id_] = _Span(instance, parent_span_id, method, in_chat)
+            while len(self._spans) > _MAX_KEPT:
+                self._spans.popitem(last=False)
+
+    def prepare_to_exit_span(self, id_: str, *args: Any, **kwargs: Any) -> None:
+        with self.lock:
+            if (span := self._spans.get(id_)) is not None and not span.started:
+                del self._spans[id_]
+
+    def prepare_to_drop_span(self, id_: str, *args: Any, **kwargs: Any) -> None:
+        with self.lock:
+            self._spans.pop(id_, None)
+
+    def start(self, span_id: str | None, formatted: bool) -> None:
+        with self.lock:
+            if (span := self._spans.get(span_id or "")) is not None:
+                span.started, span.formatted = True, formatted
+
+    def end(self, span_id: str | None) -> _Span | None:
+        with self.lock:
+            return self._spans.pop(span_id or "", None)
+
+
 class GradguardEventHandler(BaseEventHandler):
-    """Scores every completion and chat answer of a LlamaIndex LLM and attaches the score to the response.
-
-    It listens to ``LLMCompletionEndEvent`` and ``LLMChatEndEvent`` (the events every LlamaIndex
-    LLM emits), scores the answer teacher-forced with a :class:`gradguard.GradScorer` over the
-    same model, and puts the shared metadata in ``response.additional_kwargs["gradguard"]``
-    (and ``response.message.additional_kwargs`` for chat) before the application gets the
-    response (for streams: on the last chunk, once the stream is exhausted). Larger
-    uncertainty = less confident; ``scored`` False means unconfident.
-
-    - A chat call that ``HuggingFaceLLM`` runs as an inner ``complete(formatted=True)`` is
-      scored once, against the chat messages.
-    - A completion is scored as a single user turn (with ``llm.system_prompt`` as system message).
-    - A completion of an already-formatted prompt outside a chat cannot be re-templated: it is
-      recorded unscored (``error`` set), never as confident.
-    - Responses that already carry gradguard metadata (from :class:`GradguardLLM`) are recorded,
-      not scored twice.
-    - With ``llm=`` given, events of other LLMs are ignored.
-
-    The record (:attr:`records`) is thread-safe and bounded by ``max_records``. The handler
-    never raises into the application: failures are logged and recorded as unscored.
-
-    Example (offline, on a tiny random model):
-
-    .. code-block:: python
-
-        from llama_index.core.base.llms.types import ChatMessage
-        from llama_index.llms.huggingface import HuggingFaceLLM
-        from gradguard.testing import make_tiny_model
-        from gradguard.integrations.llama_index import GradguardEventHandler
-
-        model, tok = make_tiny_model("qwen2")
-        llm = HuggingFaceLLM(model=model, tokenizer=tok, max_new_tokens=8, is_chat_model=True,
-                             context_window=1024, device_map="cpu")
-        handler = GradguardEventHandler.from_llm(llm).attach()
-        try:
-            reply = llm.chat([ChatMessage(role="user", content="Name a prime number.")])
-            print(reply.message.additional_kwargs["gradguard"]["uncertainty"]["hybridgrad"])
-            print(len(handler.records), handler.last.scored)
-        finally:
-            handler.detach()
-    """
+    """Scores LlamaIndex LLM answers teacher-forced with a :class:`gradguard.GradScorer` over the same model and
+    puts the metadata in ``response.additional_kwargs["gradguard"]`` (and the chat message's) before the app
+    gets the response (streams: the last chunk). Usage: docs/llama_index.md. Calls are attributed by span:
+    a completion inside a chat span of the same LLM instance (``HuggingFaceLLM`` runs ``chat`` as
+    ``complete(formatted=True)``) is left to the chat, scored against its messages; another formatted
+    completion is recorded unscored; with ``llm=``, other LLM instances' calls are ignored; a call that cannot
+    be attributed, or whose handling fails, is recorded unscored with the reason (fail closed, never raised).
+    GradguardLLM responses are recorded, not rescored. Records are thread-safe, bounded by ``max_records``."""
 
     scorer: Any = Field(..., exclude=True, description="The gradguard GradScorer over the LLM's model.")
-    llm: Any = Field(None, exclude=True, description="Only score this LLM's events (None: every LLM's).")
+    llm: Any = Field(None, exclude=True, description="Only score this LLM instance's calls (None: every LLM's).")
     max_records: int = Field(1000, gt=0, description="How many records are kept (oldest dropped first).")
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _records: deque[ScoredCall] = PrivateAttr(default=None)  # type: ignore[assignment]
-    _spans: OrderedDict[str, dict[str, Any]] = PrivateAttr(default_factory=OrderedDict)
-    _pending_prompts: Counter[str] = PrivateAttr(default_factory=Counter)
-    _open_chats: int = PrivateAttr(default=0)
+    _records: deque[ScoredCall] = PrivateAttr(default_factory=deque)
+    _backend: LocalBackend = PrivateAttr(default=None)  # type: ignore[assignment]
+    _tracker: _SpanTracker = PrivateAttr(default_factory=_SpanTracker)
     _dispatchers: list[Dispatcher] = PrivateAttr(default_factory=list)
-    _seen: OrderedDict[int, None] = PrivateAttr(default_factory=OrderedDict)
+    _seen: weakref.WeakValueDictionary[int, Any] = PrivateAttr(default_factory=weakref.WeakValueDictionary)
+    _handled: OrderedDict[str, None] = PrivateAttr(default_factory=OrderedDict)
 
     def __init__(self, scorer: GradScorer, *, llm: Any = None, max_records: int = 1000, **kwargs: Any) -> None:
-        """Score with ``scorer``; ``llm`` restricts scoring to that LLM's events (see the class docs)."""
-        if not hasattr(scorer, "score"):
+        if not isinstance(scorer, GradScorer):
             raise GradguardLlamaIndexError(
                 f"scorer={scorer!r} is not a gradguard GradScorer; build one with GradScorer(model, tokenizer), "
                 "or use GradguardEventHandler.from_llm(hf_llm)"
@@ -139,64 +147,46 @@ class GradguardEventHandler(BaseEventHandler):
             raise GradguardLlamaIndexError(f"max_records={max_records!r} is not a positive integer; pass e.g. 1000")
         super().__init__(scorer=scorer, llm=llm, max_records=max_records, **kwargs)
         self._records = deque(maxlen=max_records)
-
-    @classmethod
-    def class_name(cls) -> str:
-        """Name used by LlamaIndex instrumentation."""
-        return "GradguardEventHandler"
+        self._backend = LocalBackend(scorer=scorer)
 
     @classmethod
     def from_llm(cls, llm: Any, *, scorer: GradScorer | None = None, **kwargs: Any) -> GradguardEventHandler:
-        """A handler for a ``HuggingFaceLLM`` (or any LLM with ``_model``/``_tokenizer``), scoring only its events.
-
-        The scorer is built over the LLM's own model and tokenizer (nothing is loaded twice);
-        pass ``scorer=`` to reuse one. Extra keyword arguments go to :class:`gradguard.GradScorer`
-        when it is built here (e.g. ``spt_offset=-3``) or to the handler (``max_records``).
-        """
+        """A handler for ``llm`` only, scoring with ``scorer`` or a GradScorer over the LLM's own ``_model`` and
+        ``_tokenizer`` built with ``kwargs`` (e.g. ``spt_offset=-3``); ``max_records`` goes to the handler."""
         handler_kwargs = {k: kwargs.pop(k) for k in ("max_records",) if k in kwargs}
         if scorer is None:
-            model = getattr(llm, "_model", None)
-            tokenizer = getattr(llm, "_tokenizer", None)
+            model, tokenizer = getattr(llm, "_model", None), getattr(llm, "_tokenizer", None)
             if model is None or tokenizer is None:
-                raise GradguardLlamaIndexError(
-                    f"{type(llm).__name__} does not expose a Hugging Face model and tokenizer (_model/_tokenizer); "
-                    "pass scorer=GradScorer(model, tokenizer) built over the same model"
-                )
-            from gradguard.scorer import GradScorer
-
+                msg = f"{type(llm).__name__} exposes no Hugging Face model/tokenizer (_model/_tokenizer)"
+                raise GradguardLlamaIndexError(f"{msg}; pass scorer=GradScorer(model, tokenizer) over its model")
             scorer = GradScorer(model, tokenizer, **kwargs)
         elif kwargs:
-            raise GradguardLlamaIndexError(
-                f"from_llm got scorer= and scorer options {sorted(kwargs)}; pass the options when building the scorer"
-            )
+            raise GradguardLlamaIndexError(f"from_llm got scorer= and scorer options {sorted(kwargs)}; give them to it")
         return cls(scorer, llm=llm, **handler_kwargs)
 
-    # ------------------------------------------------------------------ registration
-
     def attach(self, dispatcher: Dispatcher | None = None) -> GradguardEventHandler:
-        """Register with ``dispatcher`` (default: the root dispatcher, which sees every LLM); returns self."""
+        """Register with ``dispatcher`` (default: the root, which sees every LLM's spans and events)."""
         dispatcher = dispatcher or get_dispatcher()
-        if not any(h is self for h in dispatcher.event_handlers):
-            dispatcher.add_event_handler(self)
         with self._lock:
             if not any(d is dispatcher for d in self._dispatchers):
                 self._dispatchers.append(dispatcher)
+                dispatcher.add_span_handler(self._tracker)
+                dispatcher.add_event_handler(self)
         return self
 
     def detach(self) -> None:
         """Unregister from every dispatcher :meth:`attach` registered with."""
         with self._lock:
             dispatchers, self._dispatchers = self._dispatchers, []
-        for dispatcher in dispatchers:
-            dispatcher.event_handlers = [h for h in dispatcher.event_handlers if h is not self]
+        for d in dispatchers:
+            d.event_handlers = [h for h in d.event_handlers if h is not self]
+            d.span_handlers = [h for h in d.span_handlers if h is not self._tracker]
 
     def __enter__(self) -> GradguardEventHandler:
         return self.attach()
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
-
-    # ------------------------------------------------------------------ records
 
     @property
     def records(self) -> list[ScoredCall]:
@@ -215,201 +205,69 @@ class GradguardEventHandler(BaseEventHandler):
         with self._lock:
             self._records.clear()
 
-    def _add(self, record: ScoredCall) -> None:
-        with self._lock:
-            self._records.append(record)
-
-    # ------------------------------------------------------------------ events
-
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
         """Process one instrumentation event; never raises."""
-        try:
-            if isinstance(event, LLMChatStartEvent):
-                self._on_chat_start(event)
-            elif isinstance(event, LLMCompletionStartEvent):
-                self._remember(event.span_id, {"kind": "completion", "model_dict": event.model_dict,
-                                               "formatted": bool(event.additional_kwargs.get("formatted"))})
-            elif isinstance(event, LLMCompletionEndEvent):
-                self._on_completion_end(event)
-            elif isinstance(event, LLMChatEndEvent):
-                self._on_chat_end(event)
-        except Exception as exc:  # noqa: BLE001 - instrumentation must never break the application
-            logger.warning("gradguard event handler failed on %s: %s", type(event).__name__, exc, exc_info=True)
+        if isinstance(event, _START):
+            self._tracker.start(event.span_id, bool(event.additional_kwargs.get("formatted")))
+        elif isinstance(event, _END):
+            with self._lock:
+                if event.id_ in self._handled:  # the same event through a second attached dispatcher
+                    return
+                self._handled[event.id_] = None
+                while len(self._handled) > _MAX_KEPT:
+                    self._handled.popitem(last=False)
+            kind: _Kind = "chat" if isinstance(event, llm_events.LLMChatEndEvent) else "completion"
             try:
-                response = getattr(event, "response", None)
-                if isinstance(event, (LLMCompletionEndEvent, LLMChatEndEvent)):
-                    meta = missing_score_metadata(f"scoring failed: {exc}", model=self._model_name())
-                    if isinstance(response, (CompletionResponse, ChatResponse)):
-                        attach_metadata(response, meta)
-                    kind: Literal["completion", "chat"] = "chat" if isinstance(event, LLMChatEndEvent) else "completion"
-                    self._add(ScoredCall(kind=kind, span_id=event.span_id, text=_text_of(response),
-                                         metadata=meta, error=f"{type(exc).__name__}: {exc}"))
-            except Exception:  # noqa: BLE001
-                pass
+                self._on_end(kind, event)
+            except Exception as exc:  # noqa: BLE001 - recorded unscored; instrumentation must not break the app
+                logger.warning("gradguard event handler failed on %s", type(event).__name__, exc_info=True)
+                self._unscored(kind, event, f"handling the {type(event).__name__} failed: {type(exc).__name__}: {exc}")
 
-    def _remember(self, span_id: str | None, info: dict[str, Any]) -> None:
-        if span_id is None:
-            return
-        with self._lock:
-            self._spans[span_id] = info
-            while len(self._spans) > _MAX_OPEN_SPANS:
-                _, old = self._spans.popitem(last=False)
-                self._forget_chat(old)
-
-    def _pop(self, span_id: str | None) -> dict[str, Any] | None:
-        if span_id is None:
-            return None
-        with self._lock:
-            info = self._spans.pop(span_id, None)
-            if info is not None:
-                self._forget_chat(info)
-            return info
-
-    def _forget_chat(self, info: dict[str, Any]) -> None:
-        # caller holds self._lock
-        if info.get("kind") != "chat":
-            return
-        self._open_chats = max(0, self._open_chats - 1)
-        prompt = info.get("prompt")
-        if prompt is not None and self._pending_prompts[prompt] > 0:
-            self._pending_prompts[prompt] -= 1
-            if self._pending_prompts[prompt] == 0:
-                del self._pending_prompts[prompt]
-
-    def _model_name(self) -> str | None:
-        return getattr(self.scorer, "model_name", None)
-
-    def _is_mine(self, model_dict: dict[str, Any] | None) -> bool:
-        if self.llm is None or model_dict is None:
-            return True
-        try:
-            return model_dict == self.llm.to_payload()
-        except Exception:  # noqa: BLE001
-            return True
-
-    def _render(self, messages: list[Any]) -> str | None:
-        """The prompt string an LLM would build from chat messages (to recognise its inner completion)."""
-        try:
-            to_prompt = getattr(self.llm, "messages_to_prompt", None) if self.llm is not None else None
-            if to_prompt is not None:
-                return str(to_prompt(messages))
-            return str(
-                self.scorer.tokenizer.apply_chat_template(
-                    messages_to_dicts(messages), tokenize=False, add_generation_prompt=True
-                )
-            )
-        except Exception:  # noqa: BLE001
-            return None
-
-    def _on_chat_start(self, event: LLMChatStartEvent) -> None:
-        if not self._is_mine(event.model_dict):
-            return
-        prompt = self._render(list(event.messages))
-        with self._lock:
-            if event.span_id is not None:
-                self._spans[event.span_id] = {"kind": "chat", "model_dict": event.model_dict, "prompt": prompt}
-            self._open_chats += 1
-            if prompt is not None:
-                self._pending_prompts[prompt] += 1
-
-    def _on_completion_end(self, event: LLMCompletionEndEvent) -> None:
-        info = self._pop(event.span_id)
-        if info is not None and not self._is_mine(info.get("model_dict")):
-            return
-        response = event.response
-        if self._record_existing("completion", event.span_id, None, response):
-            return
-        formatted = bool(info and info.get("formatted"))
-        with self._lock:
-            inside_chat = event.prompt in self._pending_prompts or (formatted and self._open_chats > 0)
-        if inside_chat:
-            return  # the inner completion of a chat call: the chat end event scores it against the messages
-        if formatted:
-            meta = missing_score_metadata(
-                "the prompt was already formatted (complete(formatted=True)), so its chat messages are unknown; "
-                "call llm.chat(messages) to get a score",
-                model=self._model_name(),
-            )
-            attach_metadata(response, meta)
-            self._mark_seen(response)
-            self._add(ScoredCall(kind="completion", span_id=event.span_id, text=response.text, metadata=meta,
-                                 error=meta["error"]))
-            return
-        messages: list[dict[str, str]] = []
-        system_prompt = getattr(self.llm, "system_prompt", None) if self.llm is not None else None
-        if system_prompt:
-            messages.append({"role": "system", "content": str(system_prompt)})
-        messages.append({"role": "user", "content": event.prompt})
-        self._score("completion", event.span_id, messages, response.text or "", response)
-
-    def _on_chat_end(self, event: LLMChatEndEvent) -> None:
-        info = self._pop(event.span_id)
-        if info is not None and not self._is_mine(info.get("model_dict")):
-            return
-        if info is None and self.llm is not None:
-            return  # not a chat we saw start for our LLM
-        response = event.response
-        if response is None:
-            meta = missing_score_metadata("the chat produced no response", model=self._model_name())
-            self._add(ScoredCall(kind="chat", span_id=event.span_id, text="", metadata=meta, error=meta["error"]))
-            return
-        if self._record_existing("chat", event.span_id, None, response):
-            return
-        messages = messages_to_dicts(list(event.messages))
-        self._score("chat", event.span_id, messages, response.message.content or "", response)
-
-    def _mark_seen(self, response: Any) -> None:
-        with self._lock:
-            self._seen[id(response)] = None
-            while len(self._seen) > _MAX_OPEN_SPANS:
-                self._seen.popitem(last=False)
-
-    def _record_existing(
-        self, kind: Literal["completion", "chat"], span_id: str | None, messages: Any, response: Any
-    ) -> bool:
-        """Record (without re-scoring) a response that already carries gradguard metadata.
-
-        A response this handler already recorded (an async wrapper's end event repeats its inner
-        call's response object) is skipped silently.
-        """
-        meta = read_metadata(response)
-        if meta is None:
-            return False
-        with self._lock:
-            if id(response) in self._seen:
-                return True
-        self._mark_seen(response)
-        self._add(ScoredCall(kind=kind, span_id=span_id, messages=messages, text=_text_of(response),
-                             metadata=dict(meta), result=read_result(response)))
-        return True
-
-    def _score(
-        self,
-        kind: Literal["completion", "chat"],
-        span_id: str | None,
-        messages: list[dict[str, str]],
-        text: str,
-        response: CompletionResponse | ChatResponse,
-    ) -> None:
-        result: ScoreResult | None = None
-        error: str | None = None
-        try:
-            result = self.scorer.score(messages, text)
-            meta = result.metadata()
-        except Exception as exc:  # noqa: BLE001 - unscored, never raised into the app
-            logger.warning("gradguard could not score a %s answer: %s", kind, exc)
-            error = f"{type(exc).__name__}: {exc}"
-            meta = missing_score_metadata(f"scoring failed: {error}", model=self._model_name())
-        attach_metadata(response, meta)
-        self._mark_seen(response)
-        self._add(ScoredCall(kind=kind, span_id=span_id, messages=messages, text=text, metadata=meta,
-                             result=result, error=error))
+    def _on_end(self, kind: _Kind, event: Any) -> None:
+        span, response = self._tracker.end(event.span_id), event.response
+        if span is not None and span.started and span.instance is not None:
+            if self.llm is not None and span.instance is not self.llm:
+                return  # another LLM's call
+            if span.in_chat and kind == "completion":
+                return  # the inner completion of a chat: the chat end event scores it against the messages
+        else:
+            span = None
+        if (meta := read_metadata(response)) is not None:  # from GradguardLLM: record, do not rescore
+            with self._lock:  # an async wrapper's end event repeats its inner call's response: skip it
+                if self._seen.get(id(response)) is response:
+                    return
+            return self._record(kind, event, dict(meta), read_result(response))
+        if span is None or response is None:
+            return self._unscored(kind, event, _UNATTRIBUTED if span is None else "the call produced no response")
+        if kind == "chat":
+            messages, text = messages_to_dicts(list(event.messages)), response.message.content or ""
+        elif span.formatted:
+            return self._unscored(kind, event, _FORMATTED)
+        else:
+            system = getattr(span.instance, "system_prompt", None)
+            messages = [{"role": "system", "content": str(system)}] if system else []
+            messages.append({"role": "user", "content": event.prompt})
+            text = response.text or ""
+        result, meta = score_foreign(self._backend, messages, text)
+        self._record(kind, event, meta, result, messages)
         publish_score(CapturedScore(text=text, result=result, metadata=meta, source="handler"))
 
+    def _unscored(self, kind: _Kind, event: Any, reason: str) -> None:
+        logger.info("gradguard recorded a %s answer unscored: %s", kind, reason)
+        self._record(kind, event, unscored_metadata(reason, model=self._backend.model_name))
 
-def _text_of(response: Any) -> str:
-    if isinstance(response, ChatResponse):
-        return response.message.content or ""
-    if isinstance(response, CompletionResponse):
-        return response.text or ""
-    return ""
+    def _record(
+        self, kind: _Kind, event: Any, meta: dict[str, Any], result: ScoreResult | None = None, messages: Any = None
+    ) -> None:
+        response = event.response
+        text = (response.message.content if isinstance(response, ChatResponse) else getattr(response, "text", "")) or ""
+        if isinstance(response, (CompletionResponse, ChatResponse)):
+            attach_metadata(response, meta)
+        error = None if meta.get("scored") else meta.get("error")
+        record = ScoredCall(
+            kind=kind, span_id=event.span_id, messages=messages, text=text, metadata=meta, result=result, error=error
+        )
+        with self._lock:
+            self._records.append(record)
+            if response is not None:
+                self._seen[id(response)] = response
