@@ -29,7 +29,7 @@ from gradguard.integrations.llama_index import (  # noqa: E402
     GradguardLLM,
     Signal,
 )
-from gradguard.integrations.llama_index.utils import CapturedScore, apply_signal, publish_score  # noqa: E402
+from gradguard.integrations.llama_index.utils import CapturedScore, publish_score  # noqa: E402
 from gradguard.review import SQLiteReviewQueue, human_review_target  # noqa: E402
 from gradguard.routing import Action, EscalationResult, RoutingPolicy, Tier  # noqa: E402
 
@@ -85,43 +85,6 @@ def _g(response: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the four actions
 
 
-def test_accept_returns_the_answer_with_its_sources(result_factory: Any) -> None:
-    inner = ScriptedEngine("Ada Lovelace.", result_factory(0.9, response="Ada Lovelace."), nodes=2)
-    guard = ConfidenceGuardQueryEngine(inner, RoutingPolicy.threshold(0.8))
-    response = guard.query(QUESTION)
-    meta = _g(response)
-    assert response.response == "Ada Lovelace."
-    assert len(response.source_nodes) == 2 and response.metadata["engine"] == "scripted"
-    assert meta["action"] == "accept" and meta["confidence"] == pytest.approx(0.9) and meta["tier"] == 0
-    assert [s["outcome"] for s in meta["trail"]] == ["accepted"]
-    assert meta["score_source"] == "llm" and meta["score"]["uncertainty"]["hybridgrad"] == pytest.approx(0.01)
-    assert meta["score"]["confidence"] == pytest.approx(0.9)
-    assert "0.9" in meta["reason"]
-
-
-def test_abstain_withholds_the_answer_and_sources(result_factory: Any) -> None:
-    inner = ScriptedEngine("A guess.", result_factory(0.3), nodes=2)
-    guard = ConfidenceGuardQueryEngine(inner, RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ABSTAIN)], "No idea."))
-    response = guard.query(QUESTION)
-    assert response.response == "No idea."
-    assert response.source_nodes == []
-    meta = _g(response)
-    assert meta["action"] == "abstain" and meta["confidence"] == pytest.approx(0.3) and meta["tier"] == 1
-    assert "engine" not in response.metadata  # nothing of the withheld answer leaks through
-
-
-def test_reject_marks_or_raises(result_factory: Any) -> None:
-    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.REJECT)])
-    inner = ScriptedEngine("A guess.", result_factory(0.2))
-    response = ConfidenceGuardQueryEngine(inner, policy).query(QUESTION)
-    assert response.response == policy.abstain_text
-    assert _g(response)["action"] == "reject"
-    with pytest.raises(AnswerRejectedError, match="rejected") as info:
-        ConfidenceGuardQueryEngine(inner, policy, raise_on_reject=True).query(QUESTION)
-    assert info.value.outcome.action is Action.REJECT
-    assert info.value.response.response == policy.abstain_text
-
-
 def test_escalation_to_a_wider_engine_replaces_answer_and_sources(result_factory: Any) -> None:
     narrow = ScriptedEngine("Not sure.", result_factory(0.4), nodes=1)
     wide = ScriptedEngine("Ada Lovelace wrote it.", result_factory(0.95, hybridgrad=0.002), nodes=3)
@@ -134,38 +97,6 @@ def test_escalation_to_a_wider_engine_replaces_answer_and_sources(result_factory
     assert [s["outcome"] for s in meta["trail"]] == ["escalated", "accepted"]
     assert meta["trail"][0]["confidence"] == pytest.approx(0.4)
     assert meta["score"]["uncertainty"]["hybridgrad"] == pytest.approx(0.002)  # the escalated answer's score
-
-
-def test_escalation_that_stays_unconfident_abstains(result_factory: Any) -> None:
-    narrow = ScriptedEngine("Not sure.", result_factory(0.4))
-    wide = ScriptedEngine("Still not sure.", result_factory(0.5))
-    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "wide")])
-    response = ConfidenceGuardQueryEngine(narrow, policy, escalations={"wide": wide}).query(QUESTION)
-    meta = _g(response)
-    assert response.response == policy.abstain_text and meta["action"] == "abstain"
-    assert [s["outcome"] for s in meta["trail"]] == ["escalated", "target_used", "exhausted"]
-
-
-def test_failing_escalation_falls_through_to_the_next_tier_and_is_recorded(result_factory: Any) -> None:
-    inner = ScriptedEngine("Maybe Ada.", result_factory(0.6))
-    broken = ScriptedEngine("", fail=True)
-    policy = RoutingPolicy(
-        [Tier(0.8, Action.ACCEPT), Tier(0.5, Action.ESCALATE, "wide"), Tier(0.0, Action.REJECT)]
-    )
-    response = ConfidenceGuardQueryEngine(inner, policy, escalations={"wide": broken}).query(QUESTION)
-    meta = _g(response)
-    assert broken.calls == [QUESTION]
-    assert meta["action"] == "reject"  # tier 1 failed, so tier 2's action applies
-    assert [s["outcome"] for s in meta["trail"]] == ["target_error", "rejected"]
-    assert "retriever down" in meta["trail"][0]["error"]
-    assert meta["target"] is None and meta["score"]["confidence"] == pytest.approx(0.6)
-
-
-def test_missing_escalation_target_falls_through(result_factory: Any) -> None:
-    inner = ScriptedEngine("Maybe.", result_factory(0.6))
-    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.5, Action.ESCALATE, "nowhere"), Tier(0.0, Action.ABSTAIN)])
-    meta = _g(ConfidenceGuardQueryEngine(inner, policy).query(QUESTION))
-    assert [s["outcome"] for s in meta["trail"]] == ["target_missing", "abstained"]
 
 
 def test_escalation_to_human_review_queues_the_original_answer(tmp_path: Any, result_factory: Any) -> None:
@@ -181,20 +112,6 @@ def test_escalation_to_human_review_queues_the_original_answer(tmp_path: Any, re
     assert (item.question, item.answer, item.status) == (QUESTION, "Maybe Ada.", "pending")
     assert item.confidence == pytest.approx(0.3)  # the original score, not a signal-derived value
     assert item.metadata["score"]["uncertainty"]["hybridgrad"] == pytest.approx(0.01)
-
-
-def test_escalation_to_a_custom_callable(result_factory: Any) -> None:
-    seen: list[tuple[str, str, Any]] = []
-
-    def oracle(question: str, answer: str, result: ScoreResult | None) -> EscalationResult:
-        seen.append((question, answer, result))
-        return EscalationResult("Checked: Ada Lovelace.", result_factory(0.99))
-
-    inner = ScriptedEngine("Maybe Ada.", result_factory(0.3))
-    policy = RoutingPolicy([Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "oracle")])
-    response = ConfidenceGuardQueryEngine(inner, policy, escalations={"oracle": oracle}).query(QUESTION)
-    assert response.response == "Checked: Ada Lovelace." and _g(response)["target"] == "oracle"
-    assert seen[0][:2] == (QUESTION, "Maybe Ada.") and seen[0][2].confidence == pytest.approx(0.3)
 
 
 def test_escalation_to_a_larger_llm_reanswers_over_the_same_nodes(
@@ -226,84 +143,13 @@ def test_escalation_to_a_larger_llm_reanswers_over_the_same_nodes(
 # ---------------------------------------------------------------------------- fail closed
 
 
-def test_missing_score_is_unconfident(result_factory: Any) -> None:
-    inner = ScriptedEngine("Ada.", result=None)
-    policy = RoutingPolicy([Tier(0.5, Action.ACCEPT), Tier(0.0, Action.ABSTAIN)])
-    response = ConfidenceGuardQueryEngine(inner, policy).query(QUESTION)
-    meta = _g(response)
-    assert response.response == policy.abstain_text and meta["action"] == "abstain"
-    assert meta["score_source"] == "missing" and meta["score"]["scored"] is False
-    assert "no scorer" in meta["score"]["error"]
-    assert meta["confidence"] is None and meta["reason"].startswith("unscored (no score)")
-
-
 def test_a_score_for_a_different_text_is_not_used(result_factory: Any) -> None:
     inner = ScriptedEngine("Ada.", result_factory(0.99), scored_text="Something else entirely.")
     meta = _g(ConfidenceGuardQueryEngine(inner, RoutingPolicy.threshold(0.5)).query(QUESTION))
     assert meta["action"] == "abstain" and meta["score_source"] == "missing"
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"empty": True},  # empty answer: NaN scores
-        {"confidence": math.nan},
-        {"confidence": None},  # uncalibrated
-        {"hybridgrad": math.nan},
-    ],
-)
-def test_unscored_nan_or_uncalibrated_is_unconfident(kwargs: dict[str, Any], result_factory: Any) -> None:
-    args = {"confidence": 0.99, **kwargs}
-    conf = args.pop("confidence")
-    inner = ScriptedEngine("Ada.", result_factory(conf, **args))
-    response = ConfidenceGuardQueryEngine(inner, RoutingPolicy.threshold(0.5)).query(QUESTION)
-    assert _g(response)["action"] == "abstain" and response.response == "I don't know."
-
-
-def test_nan_raw_score_fails_the_uncertainty_signal(result_factory: Any) -> None:
-    inner = ScriptedEngine("Ada.", result_factory(None, hybridgrad=math.nan))
-    guard = ConfidenceGuardQueryEngine(inner, RoutingPolicy.threshold(0.5), signal="hybridgrad", max_uncertainty=1.0)
-    assert _g(guard.query(QUESTION))["action"] == "abstain"
-
-
-def test_a_signal_function_that_raises_is_unconfident(result_factory: Any) -> None:
-    def broken(result: ScoreResult) -> float:
-        raise ValueError("boom")
-
-    inner = ScriptedEngine("Ada.", result_factory(0.99))
-    assert _g(ConfidenceGuardQueryEngine(inner, RoutingPolicy.threshold(0.5), signal=broken).query(QUESTION))["action"] == "abstain"
-
-
 # ---------------------------------------------------------------------------- signals on uncalibrated models
-
-
-def test_raw_uncertainty_signal_draws_the_line(result_factory: Any) -> None:
-    inner = ScriptedEngine("Ada.", result_factory(None, hybridgrad=0.01))
-    policy = RoutingPolicy.threshold(0.5)
-    ok = ConfidenceGuardQueryEngine(inner, policy, signal="hybridgrad", max_uncertainty=0.02).query(QUESTION)
-    no = ConfidenceGuardQueryEngine(inner, policy, signal="hybridgrad", max_uncertainty=0.005).query(QUESTION)
-    assert _g(ok)["action"] == "accept" and _g(ok)["signal"] == "hybridgrad <= 0.02"
-    assert _g(no)["action"] == "abstain"
-    # The reported score keeps the real (absent) calibrated confidence.
-    assert _g(ok)["score"]["confidence"] is None
-
-
-def test_signal_validation_and_values(result_factory: Any) -> None:
-    r = result_factory(0.7, hybridgrad=0.03)
-    assert Signal.confidence()(r) == pytest.approx(0.7)
-    assert Signal.uncertainty("hybridgrad", 0.05)(r) == 1.0
-    assert Signal.uncertainty("hybridgrad", 0.01)(r) == 0.0
-    assert Signal.uncertainty("semgrad", 0.05)(result_factory(0.7, empty=True)) is None
-    assert apply_signal(lambda _: 0.25, r) == 0.25
-    # Out of [0, 1] is unconfident, not clamped (a clamped 7.0 would have been accepted).
-    assert apply_signal(lambda _: 7.0, r) is None and apply_signal(lambda _: -1, r) is None
-    assert apply_signal(lambda _: "high", r) is None and apply_signal(lambda _: math.inf, r) is None
-    with pytest.raises(GradguardLlamaIndexError, match="needs a finite max_uncertainty"):
-        Signal.from_options("hybridgrad")
-    with pytest.raises(GradguardLlamaIndexError, match="signal='confidence'"):
-        Signal.from_options("confidence", 0.1)
-    with pytest.raises(GradguardLlamaIndexError, match="'hybrid' is not known"):
-        Signal.from_options("hybrid", 0.1)
 
 
 # ---------------------------------------------------------------------------- real LLM, real indices

@@ -30,7 +30,7 @@ class TrailOutcome:
     ESCALATED = "escalated"  #: the target returned a new answer; the policy decides again
     PENDING_REVIEW = "pending_review"  #: the target queued the answer for human review
     TARGET_ERROR = "target_error"  #: the target raised (or returned garbage); next tier down
-    TARGET_MISSING = "target_missing"  #: no target of that name is registered; next tier down
+    TARGET_MISSING = "target_missing"  #: kept for old trails: a missing target now raises when the Router is built
     TARGET_USED = "target_used"  #: the target already ran for this question; next tier down
     EXHAUSTED = "exhausted"  #: no tier was left to try; abstain
 

@@ -15,12 +15,7 @@ See ``docs/langchain.md``.
 
 from __future__ import annotations
 
-from gradguard.errors import GradguardError
-
-
-class MissingDependencyError(GradguardError, ImportError):
-    """An optional dependency of an integration is not installed."""
-
+from gradguard.integrations._core import MissingDependencyError, UnknownOptionError
 
 try:
     import langchain_core  # noqa: F401
@@ -30,68 +25,26 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from gradguard.integrations.langchain.callbacks import (  # noqa: E402
-    GradguardCallbackHandler,
-    ScoreRecord,
-    UnknownRunError,
-    gradguard_callback,
+    GradguardCallbackHandler, ScoreRecord, UnknownRunError, gradguard_callback,
 )
 from gradguard.integrations.langchain.chat_model import ChatGradguard, ChatInputError, to_chat_dicts  # noqa: E402
 from gradguard.integrations.langchain.metadata import (  # noqa: E402
-    GRADGUARD_KEY,
-    GUARD_KEY,
-    ROUTE_KEY,
-    SIGNALS,
-    GuardConfigError,
-    GuardSignal,
-    is_scored,
-    read_metadata,
+    GRADGUARD_KEY, GUARD_KEY, ROUTE_KEY, SIGNALS, GuardConfigError, GuardSignal, is_scored, read_metadata,
     result_for,
 )
 from gradguard.integrations.langchain.parsers import (  # noqa: E402
-    ConfidenceGuardParser,
-    GuardedText,
-    GuardVerdict,
-    LowConfidenceError,
+    ConfidenceGuardParser, GuardedText, GuardVerdict, LowConfidenceError,
 )
 from gradguard.integrations.langchain.router import (  # noqa: E402
-    ROUTE_EVENT,
-    AnswerRejectedError,
-    ConfidenceRouter,
-    RouterInputError,
-    answer_and_result,
-    chat_model_target,
-    human_review_target,
-    runnable_target,
+    ROUTE_EVENT, AnswerRejectedError, ConfidenceRouter, RouterInputError, answer_and_result, chat_model_target,
+    human_review_target, runnable_target,
 )
 
 __all__ = [
-    "ChatGradguard",
-    "ChatInputError",
-    "to_chat_dicts",
-    "GradguardCallbackHandler",
-    "ScoreRecord",
-    "UnknownRunError",
-    "gradguard_callback",
-    "ConfidenceGuardParser",
-    "GuardVerdict",
-    "GuardedText",
-    "LowConfidenceError",
-    "ConfidenceRouter",
-    "AnswerRejectedError",
-    "RouterInputError",
-    "ROUTE_EVENT",
-    "answer_and_result",
-    "chat_model_target",
-    "runnable_target",
-    "human_review_target",
-    "GRADGUARD_KEY",
-    "GUARD_KEY",
-    "ROUTE_KEY",
-    "SIGNALS",
-    "GuardConfigError",
-    "GuardSignal",
-    "MissingDependencyError",
-    "is_scored",
-    "read_metadata",
-    "result_for",
+    "ChatGradguard", "ChatInputError", "to_chat_dicts", "GradguardCallbackHandler", "ScoreRecord",
+    "UnknownRunError", "gradguard_callback", "ConfidenceGuardParser", "GuardVerdict", "GuardedText",
+    "LowConfidenceError", "ConfidenceRouter", "AnswerRejectedError", "RouterInputError", "ROUTE_EVENT",
+    "answer_and_result", "chat_model_target", "runnable_target", "human_review_target", "GRADGUARD_KEY",
+    "GUARD_KEY", "ROUTE_KEY", "SIGNALS", "GuardConfigError", "GuardSignal", "MissingDependencyError",
+    "UnknownOptionError", "is_scored", "read_metadata", "result_for",
 ]

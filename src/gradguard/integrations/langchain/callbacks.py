@@ -18,14 +18,10 @@ from langchain_core.tracers.context import register_configure_hook
 from pydantic import BaseModel, ConfigDict, Field
 
 from gradguard.errors import GradguardError
+from gradguard.integrations._core import LocalBackend, score_foreign
 from gradguard.integrations.langchain.chat_model import to_chat_dicts
 from gradguard.integrations.langchain.metadata import (
-    GRADGUARD_KEY,
-    is_scored,
-    read_metadata,
-    remember_result,
-    result_for,
-    unscored_metadata,
+    GRADGUARD_KEY, is_scored, read_metadata, remember_result, result_for, unscored_metadata,
 )
 from gradguard.result import ScoreResult
 from gradguard.scorer import GradScorer
@@ -204,18 +200,14 @@ class GradguardCallbackHandler(BaseCallbackHandler):
                 "or GradguardCallbackHandler.from_chat_model(chat_hf)"
             )
         response = self._strip_prompt(dicts, text)
-        result = self.scorer.score(dicts, response)
-        return ScoreRecord(
-            run_id=run_id, index=index, messages=dicts, response=response, metadata=result.metadata(), result=result
-        )
+        result, meta = score_foreign(LocalBackend(scorer=self.scorer), dicts, response)
+        return ScoreRecord(run_id=run_id, index=index, messages=dicts, response=response, metadata=meta, result=result,
+                           error=meta.get("error") if result is None else None)
 
     def _strip_prompt(self, dicts: list[dict[str, str]], text: str) -> str:
         """The answer alone: pipelines with ``return_full_text=True`` echo the templated prompt first."""
         assert self.scorer is not None
-        try:
-            prompt_text = self.scorer.tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
-        except Exception:  # noqa: BLE001 - scoring itself reports template errors
-            return text
+        prompt_text = self.scorer.tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
         if isinstance(prompt_text, str) and prompt_text and text.startswith(prompt_text):
             return text[len(prompt_text) :]
         return text

@@ -11,12 +11,7 @@ from langchain_core.outputs import ChatGeneration, Generation
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from gradguard.errors import GradguardError
-from gradguard.integrations.langchain.metadata import (
-    GUARD_KEY,
-    GuardConfigError,
-    GuardSignal,
-    read_metadata,
-)
+from gradguard.integrations.langchain.metadata import GUARD_KEY, GuardConfigError, GuardSignal, read_metadata
 from gradguard.routing import DEFAULT_ABSTAIN_TEXT
 
 __all__ = ["ConfidenceGuardParser", "GuardVerdict", "GuardedText", "LowConfidenceError", "ON_FAIL_MODES"]

@@ -19,19 +19,15 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializa
 from langchain_core.runnables.config import ensure_config
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
-from gradguard.errors import GradguardError
-from gradguard.integrations.langchain.metadata import (
-    GRADGUARD_KEY,
-    ROUTE_KEY,
-    GuardConfigError,
-    GuardSignal,
-    read_metadata,
-    result_for,
-    unscored_metadata,
+from gradguard.integrations._core import (
+    METADATA_KEY, ROUTE_EVENT, ROUTE_KEY, AnswerRejectedError, IntegrationError, metadata_of,
 )
+from gradguard.integrations.langchain.metadata import GuardConfigError, GuardSignal, read_metadata, result_for
 from gradguard.result import ScoreResult
 from gradguard.review import human_review_target
-from gradguard.routing import Action, EscalationResult, EscalationTarget, RouteOutcome, Router, RoutingPolicy
+from gradguard.errors import GradguardError
+from gradguard.routing import Action, EscalationResult, EscalationTarget, Router, RoutingPolicy
+from gradguard.routing.router import Score
 from gradguard.scorer import GradScorer
 
 __all__ = [
@@ -45,27 +41,16 @@ __all__ = [
     "runnable_target",
 ]
 
-#: Name of the custom callback event a ConfidenceRouter dispatches with its outcome.
-ROUTE_EVENT = "gradguard_route"
-
-
-class RouterInputError(GradguardError, ValueError):
+class RouterInputError(IntegrationError):
     """The router cannot find the question in its input, or an option is unusable."""
-
-
-class AnswerRejectedError(GradguardError):
-    """The policy rejected the answer (raised only with ``on_reject="raise"``); ``outcome`` holds the trail."""
-
-    def __init__(self, outcome: RouteOutcome) -> None:
-        super().__init__(f"the routing policy rejected the answer: {outcome.decision.reason}")
-        self.outcome = outcome
 
 
 # --- reading answers ---------------------------------------------------------------------------
 
 
-def answer_and_result(output: Any) -> tuple[str, ScoreResult | None]:
-    """The answer text of a Runnable's output and its full score, if this process scored it.
+def answer_and_result(output: Any) -> tuple[str, Score]:
+    """The answer text of a Runnable's output and its score: the full result when this process
+    scored it, else the metadata the message carries (scored elsewhere, or an old message).
 
     ``output`` is a message (scored by ``ChatGradguard`` or a ``GradguardCallbackHandler``),
     a string (never scored), or a dict with an ``"answer"`` entry. A missing score is
@@ -74,7 +59,7 @@ def answer_and_result(output: Any) -> tuple[str, ScoreResult | None]:
     if isinstance(output, Mapping) and "answer" in output:
         return answer_and_result(output["answer"])
     if isinstance(output, BaseMessage):
-        return output.text, result_for(output)
+        return output.text, result_for(output) or read_metadata(output)
     if isinstance(output, str):
         return output, None
     raise RouterInputError(
@@ -154,10 +139,8 @@ def runnable_target(
         handler = GradguardCallbackHandler(scorer) if scorer is not None else None
         payload = input_fn(question, answer, result) if input_fn is not None else question
         config = _child_config(["gradguard:escalation", f"gradguard:target:{name}"], f"gradguard_escalation:{name}", handler)
-        output = runnable.invoke(payload, config=config)
-        text, new_result = answer_and_result(output)
-        meta = read_metadata(output) if isinstance(output, BaseMessage) else None
-        return EscalationResult(answer=text, result=new_result, metadata={"target": name, "gradguard": meta})
+        text, score = answer_and_result(runnable.invoke(payload, config=config))
+        return EscalationResult(answer=text, result=score, metadata={"target": name})
 
     escalate.__name__ = escalate.__qualname__ = f"runnable_target[{name}]"
     return escalate
@@ -188,29 +171,26 @@ def chat_model_target(
 
 
 class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
-    """Answers with ``answerer``, then routes the answer through a :class:`~gradguard.routing.RoutingPolicy`.
+    """Answers with ``answerer``, then routes the answer through a :class:`~gradguard.routing.Router`.
 
     ``answerer`` is the chain that answers first; it must return a scored message (end it
-    with ``ChatGradguard``). The policy's tiers map the answer's confidence to accept,
-    abstain, reject or escalate; escalate tiers name entries of ``targets``, each an
-    :data:`~gradguard.routing.EscalationTarget` (e.g. ``human_review_target(queue)``) or a
-    Runnable / chat model (adapted with :func:`runnable_target`). An escalated answer is
-    scored and decided again; a target that fails is recorded and the next tier down
-    applies; the router never returns an unguarded answer.
+    with ``ChatGradguard``, or watch its chat model with a ``GradguardCallbackHandler``). The
+    policy's tiers map the answer's signal to accept, abstain, reject or escalate; escalate
+    tiers name entries of ``targets``, each an :data:`~gradguard.routing.EscalationTarget` (e.g.
+    ``human_review_target(queue)``) or a Runnable / chat model (adapted with :func:`runnable_target`);
+    a name the policy uses but ``targets`` lacks raises :class:`RouterInputError` at construction.
+    A message scored in another process is routed from its metadata.
 
-    The signal: the calibrated ``confidence`` by default. On an uncalibrated model set
-    ``signal="hybridgrad", max_uncertainty=x``: answers with HybridGrad <= x count as
-    confidence 1.0, the rest as 0.0 (so a threshold policy accepts exactly the former), or
-    give ``confidence_fn(result) -> float | None`` to map a score to a confidence yourself (a
-    function that raises, or returns anything but a number in [0, 1], counts as unconfident).
-    The signal is a :class:`~gradguard.routing.GuardSignal` (:attr:`guard`).
+    The signal: the calibrated ``confidence`` by default; on an uncalibrated model
+    ``signal="hybridgrad", max_uncertainty=x`` (larger = less confident; passes iff <= x), or
+    ``confidence_fn(result) -> float | None``. It fails closed.
 
     The output is an ``AIMessage``: the accepted answer, or the policy's ``abstain_text``.
     ``response_metadata["gradguard"]`` scores the last answer considered;
-    ``response_metadata["gradguard_route"]`` holds ``{"action", "reason", "confidence",
-    "tier", "trail", "review_id", "signal"}``, also dispatched as the custom callback
-    event ``gradguard_route``. With ``on_reject="raise"`` a rejected answer raises
-    :class:`AnswerRejectedError` instead.
+    ``response_metadata["gradguard_route"]`` is :meth:`~gradguard.routing.RouteOutcome.metadata`
+    (``action``, ``reason``, ``confidence`` — the calibrated one or ``None`` —, ``signal``,
+    ``signal_value``, ``tier``, ``trail``, ``review_id``), also dispatched as the custom callback
+    event ``gradguard_route``. With ``on_reject="raise"`` a rejection raises :class:`AnswerRejectedError`.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -224,8 +204,7 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
     question_key: str = "question"
     on_reject: str = "mark"
 
-    _guard: GuardSignal = PrivateAttr()
-    _targets: dict[str, EscalationTarget] = PrivateAttr(default_factory=dict)
+    _router: Router = PrivateAttr()
 
     def __init__(self, answerer: Runnable | None = None, policy: RoutingPolicy | None = None, **kwargs: Any) -> None:
         if answerer is not None:
@@ -241,30 +220,26 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
         if self.on_reject not in ("mark", "raise"):
             raise RouterInputError(f"on_reject={self.on_reject!r}: use 'mark' (abstain text, action reject) or 'raise'")
         if self.confidence_fn is not None and (self.signal != "confidence" or self.max_uncertainty is not None):
-            raise GuardConfigError(
-                "ConfidenceRouter: confidence_fn replaces signal/max_uncertainty; pass one or the other"
-            )
-        self._guard = GuardSignal.from_options(
-            self.confidence_fn if self.confidence_fn is not None else self.signal,
-            self.max_uncertainty,
+            raise GuardConfigError("ConfidenceRouter: confidence_fn replaces signal/max_uncertainty; pass one or the other")
+        signal = GuardSignal.from_options(
+            self.confidence_fn if self.confidence_fn is not None else self.signal, self.max_uncertainty,
             owner="ConfidenceRouter",
         )
+        targets: dict[str, EscalationTarget] = {}
         for name, target in self.targets.items():
             if isinstance(target, Runnable):
-                self._targets[name] = runnable_target(target, name=name)
+                targets[name] = runnable_target(target, name=name)
             elif callable(target):
-                self._targets[name] = target
+                targets[name] = target
             else:
                 raise RouterInputError(
                     f"targets[{name!r}] is a {type(target).__name__}; pass a Runnable, a chat model, or a function "
                     "(question, answer, result) -> EscalationResult"
                 )
-        missing = [t for t in self.policy.targets() if t not in self._targets]
-        if missing:
-            raise RouterInputError(
-                f"the policy escalates to {missing} but targets has only {sorted(self._targets)}; "
-                "register each target name used by an escalate tier"
-            )
+        try:
+            self._router = Router(self.policy, targets, signal=signal)
+        except GradguardError as exc:
+            raise RouterInputError(f"ConfidenceRouter: {exc}") from None
 
     @property
     def OutputType(self) -> Any:  # noqa: N802 - LangChain's name
@@ -276,21 +251,10 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
         """Whatever the answerer takes."""
         return self.answerer.InputType
 
-    # --- confidence ---------------------------------------------------------------------------------
-
     @property
     def guard(self) -> GuardSignal:
-        """The signal the policy decides on (from ``signal``/``max_uncertainty`` or ``confidence_fn``)."""
-        return self._guard
-
-    def _signal_info(self, result: ScoreResult | None) -> dict[str, Any]:
-        if self.confidence_fn is not None:
-            return {"name": "confidence_fn", "threshold": None, "value": None}
-        if self._guard.is_confidence:
-            return {"name": "confidence", "threshold": None, "value": result.confidence if result is not None else None}
-        return {"name": self._guard.name, "threshold": self._guard.threshold, "value": self._guard.value(result)}
-
-    # --- running ------------------------------------------------------------------------------------
+        """The signal the policy decides on."""
+        return self._router.signal  # type: ignore[return-value]
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
         """Answer ``input``, route the answer, and return the guarded answer message."""
@@ -299,43 +263,14 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
     def _route(self, input: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> AIMessage:
         question = _question_of(input, self.question_key)
         first = self.answerer.invoke(input, config=_child_config(["gradguard:answer"], "gradguard_answer"))
-        answer, result = answer_and_result(first)
-
-        originals: dict[int, tuple[ScoreResult, ScoreResult]] = {}
-
-        def to_policy(res: ScoreResult | None) -> ScoreResult | None:
-            if res is None or self._guard.is_confidence:
-                return res
-            mapped = res.model_copy(update={"confidence": self._guard.confidence_of(res)})
-            originals[id(mapped)] = (mapped, res)
-            return mapped
-
-        def original(res: ScoreResult | None) -> ScoreResult | None:
-            return originals[id(res)][1] if res is not None and id(res) in originals else res
-
-        def wrap(name: str, target: EscalationTarget) -> EscalationTarget:
-            def call(q: str, a: str, res: ScoreResult | None) -> EscalationResult:
-                escalated = target(q, a, original(res))
-                if isinstance(escalated, EscalationResult) and escalated.result is not None:
-                    escalated = escalated.model_copy(update={"result": to_policy(escalated.result)})
-                return escalated
-
-            call.__name__ = call.__qualname__ = name
-            return call
-
-        router = Router(self.policy, {name: wrap(name, t) for name, t in self._targets.items()})
-        outcome = router.route(question, answer, to_policy(result))
-        final = original(outcome.result)
-        route_meta = {**outcome.metadata(), "signal": self._signal_info(final)}
-        if self._guard.is_raw and final is not None:
-            reading = self._guard.check(final)
-            counted = "1.0" if reading.passed else "0.0"
-            route_meta["reason"] = f"{reading.reason}, counted as confidence {counted}; {outcome.decision.reason}"
+        answer, score = answer_and_result(first)
+        outcome = self._router.route(question, answer, score)
+        route_meta = outcome.metadata()
         dispatch_custom_event(ROUTE_EVENT, route_meta, config=config)
         if outcome.action is Action.REJECT and self.on_reject == "raise":
             raise AnswerRejectedError(outcome)
-        score_meta = final.metadata() if final is not None else unscored_metadata(error="no score for this answer in this process (end the answering chain with ChatGradguard)")
-        return AIMessage(
-            content=outcome.answer,
-            response_metadata={GRADGUARD_KEY: score_meta, ROUTE_KEY: route_meta},
+        last = outcome.result
+        score_meta = dict(last) if isinstance(last, Mapping) else metadata_of(
+            last, "no score for this answer (end the answering chain with ChatGradguard)"
         )
+        return AIMessage(content=outcome.answer, response_metadata={METADATA_KEY: score_meta, ROUTE_KEY: route_meta})

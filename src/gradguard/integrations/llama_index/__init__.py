@@ -13,43 +13,28 @@ Every uncertainty is larger when the model is less confident; a missing or NaN s
 Importing :mod:`gradguard` never imports LlamaIndex; importing this package does.
 """
 
-from gradguard.integrations.llama_index.base import GradguardLLM
-from gradguard.integrations.llama_index.handler import GradguardEventHandler, ScoredCall
-from gradguard.integrations.llama_index.query_engine import (
-    AnswerRejectedError,
-    ConfidenceGuardQueryEngine,
-    Escalation,
-    GuardedQueryEngineTool,
-    verdict_line,
+from gradguard.integrations._core import AnswerRejectedError, MissingDependencyError, UnknownOptionError
+
+try:
+    import llama_index.core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError(
+        "gradguard.integrations.llama_index needs llama-index-core; install it with: pip install 'gradguard[llama-index]'"
+    ) from exc
+
+from gradguard.integrations.llama_index.base import GradguardLLM  # noqa: E402
+from gradguard.integrations.llama_index.handler import GradguardEventHandler, ScoredCall  # noqa: E402
+from gradguard.integrations.llama_index.query_engine import (  # noqa: E402
+    ConfidenceGuardQueryEngine, Escalation, GuardedQueryEngineTool, verdict_line,
 )
-from gradguard.integrations.llama_index.utils import (
-    METADATA_KEY,
-    SIGNALS,
-    CapturedScore,
-    GradguardLlamaIndexError,
-    Signal,
-    capture_scores,
-    missing_score_metadata,
-    read_metadata,
-    read_result,
+from gradguard.integrations.llama_index.utils import (  # noqa: E402
+    METADATA_KEY, SIGNALS, CapturedScore, GradguardLlamaIndexError, Signal, capture_scores,
+    missing_score_metadata, read_metadata, read_result,
 )
 
 __all__ = [
-    "GradguardLLM",
-    "GradguardEventHandler",
-    "ScoredCall",
-    "ConfidenceGuardQueryEngine",
-    "GuardedQueryEngineTool",
-    "AnswerRejectedError",
-    "Escalation",
-    "verdict_line",
-    "Signal",
-    "SIGNALS",
-    "METADATA_KEY",
-    "CapturedScore",
-    "GradguardLlamaIndexError",
-    "capture_scores",
-    "missing_score_metadata",
-    "read_metadata",
-    "read_result",
+    "GradguardLLM", "GradguardEventHandler", "ScoredCall", "ConfidenceGuardQueryEngine", "GuardedQueryEngineTool",
+    "AnswerRejectedError", "MissingDependencyError", "UnknownOptionError", "Escalation", "verdict_line", "Signal",
+    "SIGNALS", "METADATA_KEY", "CapturedScore", "GradguardLlamaIndexError", "capture_scores",
+    "missing_score_metadata", "read_metadata", "read_result",
 ]

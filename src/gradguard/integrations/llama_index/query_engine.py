@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -11,11 +10,7 @@ from typing import TYPE_CHECKING, Any
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.base.response.schema import (
-    RESPONSE_TYPE,
-    AsyncStreamingResponse,
-    PydanticResponse,
-    Response,
-    StreamingResponse,
+    RESPONSE_TYPE, AsyncStreamingResponse, PydanticResponse, Response, StreamingResponse,
 )
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.llms.llm import LLM
@@ -25,16 +20,11 @@ from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from llama_index.core.tools import QueryEngineTool, ToolMetadata, ToolOutput
 
+from gradguard.errors import GradguardError
+from gradguard.integrations._core import AnswerRejectedError, LocalBackend, score_foreign
 from gradguard.integrations.llama_index.utils import (
-    METADATA_KEY,
-    CapturedScore,
-    GradguardLlamaIndexError,
-    Signal,
-    SignalFn,
-    capture_scores,
-    messages_to_dicts,
-    missing_score_metadata,
-    same_answer,
+    METADATA_KEY, CapturedScore, GradguardLlamaIndexError, Signal, SignalFn, capture_scores, messages_to_dicts,
+    missing_score_metadata, same_answer,
 )
 from gradguard.result import ScoreResult
 from gradguard.routing import Action, EscalationResult, EscalationTarget, RouteOutcome, Router, RoutingPolicy
@@ -44,25 +34,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ConfidenceGuardQueryEngine", "GuardedQueryEngineTool", "AnswerRejectedError", "Escalation", "verdict_line"]
 
-logger = logging.getLogger(__name__)
-
 #: What an escalation tier may name: a query engine (e.g. wider retrieval or a bigger LLM), an LLM
 #: (re-answers over the same retrieved nodes), or any routing ``EscalationTarget`` (e.g.
 #: ``gradguard.review.human_review_target(queue)``).
 Escalation = BaseQueryEngine | LLM | EscalationTarget
-
-
-class AnswerRejectedError(GradguardLlamaIndexError):
-    """The routing policy rejected the answer and the engine was built with ``raise_on_reject=True``.
-
-    ``outcome`` is the :class:`gradguard.routing.RouteOutcome`; ``response`` the guarded
-    ``Response`` that would have been returned (its text is the policy's abstain text).
-    """
-
-    def __init__(self, message: str, outcome: RouteOutcome, response: Response) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-        self.response = response
 
 
 @dataclass
@@ -70,7 +45,7 @@ class _Candidate:
     """One answer considered while routing a query: the initial one or an escalation's."""
 
     response: Response
-    result: ScoreResult | None
+    result: ScoreResult | dict[str, Any] | None
     score_source: str
     target: str | None = None
     error: str | None = None
@@ -107,36 +82,17 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
     such as ``human_review_target(queue)``. The escalated answer is scored the same way and the
     policy decides again; a target that fails is recorded in the trail and the next tier applies.
 
-    The returned ``Response`` carries ``metadata["gradguard"]``: ``{"action", "reason",
-    "confidence", "tier", "trail", "review_id", "score", "score_source", "signal", "target"}``
-    where ``score`` is the shared metadata schema of the last answer considered
-    (:meth:`gradguard.ScoreResult.metadata`). Abstained and rejected responses carry the
+    The returned ``Response`` carries ``metadata["gradguard"]``: the routing outcome
+    (:meth:`gradguard.routing.RouteOutcome.metadata`: ``action``, ``reason``, ``confidence`` — the
+    calibrated one, or ``None`` —, ``signal``, ``signal_value``, ``tier``, ``trail``, ``review_id``) plus
+    ``score`` (:meth:`gradguard.ScoreResult.metadata` of the last answer considered), ``score_source``
+    and ``target``. A policy that escalates to a name ``escalations`` lacks raises at construction. Abstained and rejected responses carry the
     policy's ``abstain_text`` and no source nodes; with ``raise_on_reject=True`` a rejection
     raises :class:`AnswerRejectedError`. A streaming inner engine is drained first (the guard
     needs the whole answer). Use :meth:`as_tool` to give an agent the guarded engine; the tool
     output states the action and confidence.
 
-    Example (offline, on a tiny random model; uncalibrated, so a raw-score signal):
-
-    .. code-block:: python
-
-        from llama_index.core import Document, SummaryIndex
-        from gradguard import GradScorer
-        from gradguard.routing import RoutingPolicy
-        from gradguard.testing import make_tiny_model
-        from gradguard.integrations.llama_index import ConfidenceGuardQueryEngine, GradguardLLM
-
-        model, tok = make_tiny_model("qwen2")
-        llm = GradguardLLM(scorer=GradScorer(model, tok), max_new_tokens=8)
-        index = SummaryIndex([Document(text="Paris is the capital of France.")])
-        guard = ConfidenceGuardQueryEngine(
-            index.as_query_engine(llm=llm),
-            RoutingPolicy.threshold(0.5),
-            signal="hybridgrad",
-            max_uncertainty=1e-6,   # a random model is never this sure: the guard abstains
-        )
-        response = guard.query("What is the capital of France?")
-        print(response.response, response.metadata["gradguard"]["action"])  # I don't know. abstain
+    Example: ``examples/llamaindex_rag_abstention.py``; offline on a tiny model in ``docs/llama_index.md``.
     """
 
     def __init__(
@@ -175,10 +131,9 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
                 )
         unknown = [t for t in policy.targets() if t not in escalations]
         if unknown:
-            logger.warning(
-                "the policy escalates to %s but escalations= has no such entry (has %s); those tiers fall through",
-                unknown,
-                sorted(escalations),
+            raise GradguardLlamaIndexError(
+                f"the policy escalates to {unknown} but escalations= has only {sorted(escalations)}; "
+                "register each target name used by an escalate tier"
             )
         if scorer is not None and not hasattr(scorer, "score"):
             raise GradguardLlamaIndexError(
@@ -222,10 +177,10 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
             return None, "no score was attached to the answer and no scorer= was given to re-score it"
         try:
             messages = self._qa_messages(question, response.source_nodes)
-            return self._scorer.score(messages, response.response or ""), None
-        except Exception as exc:  # noqa: BLE001 - an unscorable answer is unconfident, not a crash
-            logger.warning("gradguard could not re-score the answer: %s", exc)
+        except GradguardError as exc:
             return None, f"re-scoring failed: {type(exc).__name__}: {exc}"
+        result, meta = score_foreign(LocalBackend(scorer=self._scorer), messages, response.response or "")
+        return result, None if result is not None else f"re-{meta['error']}"
 
     def _qa_messages(self, question: str, nodes: Sequence[NodeWithScore]) -> list[dict[str, str]]:
         if not nodes:
@@ -262,12 +217,6 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
         result, source, error = await asyncio.to_thread(self._find_score, bundle.query_str, response, captured)
         return _Candidate(response=response, result=result, score_source=source, error=error)
 
-    def _for_policy(self, result: ScoreResult | None) -> ScoreResult | None:
-        """The result with ``confidence`` replaced by the signal's value (what the policy decides on)."""
-        if result is None:
-            return None
-        return result.model_copy(update={"confidence": self._signal.confidence_of(result)})
-
     # ------------------------------------------------------------------ escalation
 
     def _targets(self, bundle: QueryBundle, state: _CallState) -> dict[str, EscalationTarget]:
@@ -291,12 +240,12 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
                 )
                 candidate.target = name
                 state.candidates.append(candidate)
-                return escalated.model_copy(update={"result": self._for_policy(escalated.result)})
+                return escalated
             candidate.target = name
             state.candidates.append(candidate)
             return EscalationResult(
                 answer=candidate.response.response or "",
-                result=self._for_policy(candidate.result),
+                result=candidate.result,
                 metadata={"target": name, "score_source": candidate.score_source},
             )
 
@@ -321,33 +270,27 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
 
     def _route(self, bundle: QueryBundle, state: _CallState) -> Response:
         first = state.candidates[0]
-        router = Router(self._policy, self._targets(bundle, state))
-        outcome = router.route(bundle.query_str, first.response.response or "", self._for_policy(first.result))
+        router = Router(self._policy, self._targets(bundle, state), signal=self._signal)
+        outcome = router.route(bundle.query_str, first.response.response or "", first.result)
         return self._finish(outcome, state)
 
     def _finish(self, outcome: RouteOutcome, state: _CallState) -> Response:
         last = state.candidates[-1]
-        if last.result is not None:
+        if isinstance(last.result, ScoreResult):
             score = last.result.metadata()
         else:
-            score = missing_score_metadata(last.error or "no score for the answer", model=None)
-        meta = {
-            **outcome.metadata(),
-            "score": score,
-            "score_source": last.score_source,
-            "signal": self._signal.describe(),
-            "target": last.target,
-        }
+            score = dict(last.result or missing_score_metadata(last.error or "no score for the answer", model=None))
+        meta = {**outcome.metadata(), "score": score, "score_source": last.score_source, "target": last.target}
         base_meta = dict(last.response.metadata or {}) if outcome.action is Action.ACCEPT else {}
         base_meta[METADATA_KEY] = meta
         nodes = list(last.response.source_nodes) if outcome.action is Action.ACCEPT else []
         response = Response(response=outcome.answer, source_nodes=nodes, metadata=base_meta)
         if outcome.action is Action.REJECT and self._raise_on_reject:
             raise AnswerRejectedError(
-                f"gradguard rejected the answer: {outcome.decision.reason}; "
-                "handle AnswerRejectedError or build the engine with raise_on_reject=False to get the abstain text",
                 outcome,
                 response,
+                f"gradguard rejected the answer: {outcome.decision.reason}; handle AnswerRejectedError "
+                "or build the engine with raise_on_reject=False to get the abstain text",
             )
         return response
 
@@ -407,16 +350,18 @@ def verdict_line(meta: Mapping[str, Any] | None) -> str:
     """One line summarising ``Response.metadata["gradguard"]`` for an agent."""
     if not meta:
         return "[gradguard] action=abstain confidence=none (no gradguard metadata: unconfident)"
-    conf = meta.get("confidence")
-    conf_text = f"{conf:.3g}" if isinstance(conf, (int, float)) else "none"
     score = meta.get("score") or {}
     unc = (score.get("uncertainty") or {}) if isinstance(score, Mapping) else {}
-    hg = unc.get("hybridgrad")
-    hg_text = f"{hg:.4g}" if isinstance(hg, (int, float)) else "none"
+    conf, value, hg = (_number(meta.get("confidence"), ".3g"), _number(meta.get("signal_value"), ".4g"),
+                       _number(unc.get("hybridgrad"), ".4g"))
     return (
-        f"[gradguard] action={meta.get('action')} confidence={conf_text} "
-        f"signal={meta.get('signal')} hybridgrad={hg_text}"
+        f"[gradguard] action={meta.get('action')} confidence={conf} "
+        f"signal={meta.get('signal')} signal_value={value} hybridgrad={hg}"
     )
+
+
+def _number(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "none"
 
 
 def _with_verdict(output: ToolOutput) -> ToolOutput:

@@ -1,0 +1,26 @@
+"""The framework-free core under the LangChain and LlamaIndex integrations.
+
+The backend (generate, stream with cancellation and stop strings, score a foreign answer),
+the generation options and their one policy for unknown options, the metadata keys and
+helpers, and the errors. The adapters translate framework types and call this; routing
+decisions come from :class:`gradguard.routing.Router`. No framework import here.
+"""
+
+from gradguard.integrations._core.backend import (
+    LocalBackend, Messages, ScoringBackend, StreamPiece, score_foreign, with_system_prompt,
+)
+from gradguard.integrations._core.errors import (
+    AnswerRejectedError, IntegrationError, MissingDependencyError, UnknownOptionError,
+)
+from gradguard.integrations._core.metadata import (
+    GUARD_KEY, METADATA_KEY, ROUTE_EVENT, ROUTE_KEY, attach_metadata, find_metadata, metadata_of,
+    openai_logprobs, unscored_metadata,
+)
+from gradguard.integrations._core.options import CALL_OPTIONS, MAX_TOP_LOGPROBS, GenerationOptions
+
+__all__ = [
+    "AnswerRejectedError", "CALL_OPTIONS", "GUARD_KEY", "GenerationOptions", "IntegrationError", "LocalBackend",
+    "MAX_TOP_LOGPROBS", "METADATA_KEY", "Messages", "MissingDependencyError", "ROUTE_EVENT", "ROUTE_KEY",
+    "ScoringBackend", "StreamPiece", "UnknownOptionError", "attach_metadata", "find_metadata", "metadata_of",
+    "openai_logprobs", "score_foreign", "unscored_metadata", "with_system_prompt",
+]

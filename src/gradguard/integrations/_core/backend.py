@@ -1,0 +1,228 @@
+"""The scoring backend the integrations call, and the streaming worker.
+
+A backend generates and scores answers; the integrations only translate types. Today's is
+:class:`LocalBackend` (a :class:`~gradguard.GradScorer` in this process, loaded lazily); a remote
+scoring server implements the same :class:`ScoringBackend` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from gradguard.embedded import EMBEDDED_MODEL_ID
+from gradguard.integrations._core.errors import IntegrationError
+from gradguard.integrations._core.metadata import metadata_of, openai_logprobs
+from gradguard.integrations._core.options import GenerationOptions
+from gradguard.result import ScoreResult
+from gradguard.scorer import GradScorer
+
+__all__ = ["ScoringBackend", "LocalBackend", "StreamPiece", "Messages", "with_system_prompt", "score_foreign"]
+
+logger = logging.getLogger(__name__)
+
+#: Chat messages in the scorer's format: ``[{"role": "system" | "user" | "assistant", "content": str}]``.
+Messages = list[dict[str, str]]
+
+
+class StreamPiece(NamedTuple):
+    """One piece of a streamed answer: new ``text``, and on the last piece only, the answer's ``result``."""
+
+    text: str
+    result: ScoreResult | None = None
+
+
+@runtime_checkable
+class ScoringBackend(Protocol):
+    """What the integrations need from a model host: generate-and-score, stream, score a given answer."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def context_window(self) -> int: ...
+
+    def generate(self, messages: Messages, options: GenerationOptions) -> ScoreResult: ...
+
+    def stream(self, messages: Messages, options: GenerationOptions) -> Iterator[StreamPiece]: ...
+
+    def score(self, messages: Messages, answer: str, *, task: str | None = None) -> ScoreResult: ...
+
+    def logprobs(self, result: ScoreResult) -> dict[str, Any]: ...
+
+
+def with_system_prompt(messages: Messages, system_prompt: str | None) -> Messages:
+    """``messages`` with ``system_prompt`` first when they have no system message of their own."""
+    if not messages:
+        raise IntegrationError("no messages were given; pass at least one user message")
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return list(messages)
+
+
+class LocalBackend:
+    """A :class:`~gradguard.GradScorer` in this process: a ready ``scorer``, or a ``model`` source
+    (Hub id in the local cache, folder, ``.gguf``; ``None`` = the embedded default) loaded on first use.
+    Calls are serialised by the scorer's lock."""
+
+    def __init__(self, model: str | None = None, scorer: GradScorer | None = None) -> None:
+        if scorer is not None and model is not None:
+            raise IntegrationError(
+                f"got both model={model!r} and scorer=...; pass only one (scorer= for a model already loaded, "
+                "model= for a source to load)"
+            )
+        if scorer is not None and not isinstance(scorer, GradScorer):
+            raise IntegrationError(
+                f"scorer={scorer!r} is not a gradguard GradScorer; build one with GradScorer(model, tokenizer) "
+                "or GradScorer.from_pretrained(...)"
+            )
+        self.source = model
+        self._scorer = scorer
+        self._load_lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """True once the scorer exists (given, or loaded by a first call)."""
+        return self._scorer is not None
+
+    @property
+    def scorer(self) -> GradScorer:
+        """The scorer, loaded from the model source on first use (the embedded default loads in ~10 s)."""
+        if self._scorer is None:
+            with self._load_lock:
+                if self._scorer is None:
+                    self._scorer = GradScorer.from_pretrained(self.source)
+        return self._scorer
+
+    @property
+    def model_name(self) -> str:
+        """The hosted model's name (without loading it)."""
+        return self._scorer.model_name if self._scorer is not None else (self.source or EMBEDDED_MODEL_ID)
+
+    @property
+    def context_window(self) -> int:
+        """The model's context window in tokens (loads the model)."""
+        return int(self.scorer.context_window)
+
+    def generate(self, messages: Messages, options: GenerationOptions, **extra: Any) -> ScoreResult:
+        """Generate an answer to ``messages`` and score it in the same call (one scoring pass)."""
+        return self.scorer.generate_and_score(
+            messages, max_new_tokens=options.max_new_tokens, task=options.task, **options.generate_kwargs(), **extra
+        )
+
+    def score(self, messages: Messages, answer: str, *, task: str | None = None) -> ScoreResult:
+        """Score ``answer`` to ``messages`` teacher-forced (an answer another model produced)."""
+        return self.scorer.score(messages, answer, task=task)
+
+    def logprobs(self, result: ScoreResult) -> dict[str, Any]:
+        """``result``'s log-probabilities in OpenAI's chat format (alternatives when ``top_logprobs`` was asked)."""
+        return openai_logprobs(self.scorer.tokenizer, result.token_ids, result.token_logprobs, result.top_logprobs)
+
+    def stream(self, messages: Messages, options: GenerationOptions) -> Iterator[StreamPiece]:
+        """Stream the answer as it is generated; the last piece carries the score.
+
+        Generation runs in a worker thread. When the consumer stops iterating (``close()``, a
+        ``break``, garbage collection) generation stops at the next token and no scoring is
+        done, so the model is free at once. Text that could still turn into a stop string is
+        held back, and only whole tokens that the scored answer keeps are sent, so the pieces
+        add up to exactly ``result.response``.
+        """
+        scorer = self.scorer
+        tokenizer = scorer.tokenizer
+        feed = _TokenFeed()
+        cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                feed.items.put(("result", self.generate(messages, options, streamer=feed, cancel=cancel)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
+                feed.items.put(("error", exc))
+
+        worker = threading.Thread(target=work, name="gradguard-stream", daemon=True)
+        worker.start()
+        ids: list[int] = []
+        sent = ""
+        try:
+            while True:
+                kind, payload = feed.items.get()
+                if kind == "ids":
+                    ids.extend(payload)
+                    safe = _safe_prefix(tokenizer, ids, options.stop)
+                    if len(safe) > len(sent) and safe.startswith(sent):
+                        yield StreamPiece(safe[len(sent) :])
+                        sent = safe
+                elif kind == "error":
+                    raise payload
+                else:
+                    result: ScoreResult = payload
+                    if not result.response.startswith(sent):
+                        logger.warning("streamed text %r is not a prefix of the scored answer %r", sent, result.response)
+                    rest = result.response[len(sent) :] if result.response.startswith(sent) else ""
+                    yield StreamPiece(rest, result)
+                    return
+        finally:
+            cancel.set()  # no-op once generation is over; stops it when the consumer left early
+
+
+class _TokenFeed:
+    """A transformers streamer that hands generated token ids (not the prompt) to a queue."""
+
+    def __init__(self) -> None:
+        self.items: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.items.put(("ids", [int(v) for v in value.reshape(-1).tolist()]))
+
+    def end(self) -> None:
+        """Generation ended; the result (or error) follows from the worker."""
+
+
+def _safe_prefix(tokenizer: Any, ids: Sequence[int], stop: Sequence[str]) -> str:
+    """The longest decoded prefix of whole tokens that the scored answer is sure to keep.
+
+    Tokens that overlap a stop string (or text that may still grow into one) and a trailing
+    incomplete character are held back, as the scorer drops the tokens from the first one
+    that overlaps a stop string.
+    """
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    limit = min(hits) if hits else len(text) - _held_back(text, stop)
+    n = len(ids)
+    while n > 0:
+        prefix = text if n == len(ids) else tokenizer.decode(list(ids[:n]), skip_special_tokens=True)
+        if len(prefix) <= limit and text.startswith(prefix) and not prefix.endswith("\ufffd"):
+            return prefix
+        n -= 1
+    return ""
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that could still grow into a stop string."""
+    best = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if s.startswith(text[-n:]):
+                best = n
+                break
+    return best
+
+
+def score_foreign(
+    backend: ScoringBackend, messages: Messages, answer: str, *, task: str | None = None
+) -> tuple[ScoreResult | None, dict[str, Any]]:
+    """Score an answer another component produced: ``(result, metadata)``, or ``(None, unscored metadata)``
+    with the error recorded when it cannot be scored (the answer is then unconfident: fail closed)."""
+    try:
+        result = backend.score(messages, answer, task=task)
+    except Exception as exc:  # noqa: BLE001 - an unscorable answer is unconfident, never a crash
+        logger.warning("gradguard could not score an answer: %s: %s", type(exc).__name__, exc)
+        return None, metadata_of(None, f"scoring failed: {type(exc).__name__}: {exc}", model=backend.model_name)
+    return result, result.metadata()
+
