@@ -7,8 +7,9 @@ pass keeps the probe's hidden states, then the probe, logistic model and domain 
 with no calibration (the bare scores) — and prints the median scoring time of each, the median of
 their paired differences (runs alternate, so a drifting machine hurts both alike), and the time to
 apply the calibration alone to one result — the probe, logistic model and domain distance — as a
-share of the bare scoring time (the part of the difference that is not noise). Prompts and answers are written into this script; nothing is read from
-outside the repository. Target: the confidence adds at most 2% to the scoring time.
+share of the bare scoring time (the part of the difference that is not noise). Prompts and answers
+are written into this script; nothing is read from outside the repository. Target: the confidence
+adds at most 2% to the scoring time.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def main() -> None:
             b, c, d = paired(bare, calibrated, task, args.repeats)
             a = apply_time(calibrated, task)
             print(
-                f"{task:<10} {b * 1000:8.1f}ms {c * 1000:10.1f}ms {d * 1000:+11.1f}ms {a * 1000:6.2f}ms {100 * a / b:10.2f}%"
+                f"{task:<10} {b * 1000:8.1f}ms {c * 1000:10.1f}ms {d * 1000:+11.1f}ms {a * 1000:6.2f}ms"
+                f" {100 * a / b:10.2f}%"
             )
 
 

@@ -14,6 +14,7 @@ fast at 2048 within 1.5× of fast at 64.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -126,9 +127,14 @@ def main() -> None:
         for rep in range(args.repeats):
             messages = build_prompt(scorer, length, index=7 * rep + length % 11)
             scorer.generate_and_score(messages, max_new_tokens=4)  # warm-up at this length
-            result, _, fast_mem = peak_extra_rss(lambda: scorer.generate_and_score(messages, **gen_kwargs))
-            oracle, oracle_s, oracle_mem = peak_extra_rss(lambda: scorer.oracle(messages, list(result.token_ids)))
-            rel = max(abs(getattr(result, k) / getattr(oracle, k) - 1) for k in ("hybridgrad", "semgrad", "paragrad", "exgrad"))
+            result, _, fast_mem = peak_extra_rss(functools.partial(scorer.generate_and_score, messages, **gen_kwargs))
+            oracle, oracle_s, oracle_mem = peak_extra_rss(
+                functools.partial(scorer.oracle, messages, list(result.token_ids))
+            )
+            rel = max(
+                abs(getattr(result, k) / getattr(oracle, k) - 1)
+                for k in ("hybridgrad", "semgrad", "paragrad", "exgrad")
+            )
             runs.append(
                 {
                     "prompt_tokens": result.n_prompt_tokens,
@@ -144,7 +150,8 @@ def main() -> None:
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         figures.append(med)
         print(
-            f"prompt {med['prompt_tokens']:5.0f} tok, answer {med['answer_tokens']:3.0f} tok | generate {med['generate_s']:6.2f}s"
+            f"prompt {med['prompt_tokens']:5.0f} tok, answer {med['answer_tokens']:3.0f} tok"
+            f" | generate {med['generate_s']:6.2f}s"
             f" | fast {med['fast_s']:5.2f}s ({100 * med['fast_s'] / med['generate_s']:4.1f}% of generation)"
             f" | oracle {med['oracle_s']:6.2f}s ({med['oracle_s'] / med['fast_s']:4.1f}x fast)"
             f" | peak extra RSS fast {med['fast_peak_mb']:5.0f} MB, oracle {med['oracle_peak_mb']:5.0f} MB"
@@ -153,7 +160,9 @@ def main() -> None:
         )
     first, last = figures[0], figures[-1]
     print()
-    print(f"fast / generation, worst length : {max(f['fast_s'] / f['generate_s'] for f in figures):.1%}  (target <= 25%)")
+    print(
+        f"fast / generation, worst length : {max(f['fast_s'] / f['generate_s'] for f in figures):.1%}  (target <= 25%)"
+    )
     print(f"oracle / fast at longest prompt : {last['oracle_s'] / last['fast_s']:.1f}x  (target >= 5x)")
     print(f"fast longest / fast shortest    : {last['fast_s'] / first['fast_s']:.2f}x  (target <= 1.5x)")
     if args.json:

@@ -46,7 +46,8 @@ SPT_OFFSET = -3
 WHY_RAW = (
     "Why a raw threshold: the embedded model's built-in calibrations are fitted per task on SciQ and SQuAD "
     "questions, not on questions like these. For your own application, calibrate on held-out questions of "
-    "your own (`gradguard calibrate`) and use GuardSignal.confidence(t) with t from task_threshold(profile, task, epsilon, delta)."
+    "your own (`gradguard calibrate`) and use GuardSignal.confidence(t) with t from "
+    "task_threshold(profile, task, epsilon, delta)."
 )
 
 DIRECTORY = {

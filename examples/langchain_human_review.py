@@ -94,16 +94,22 @@ def main() -> None:
             conf_text = "" if conf is None else f", confidence {conf:.3f}"
             print(f"Q: {question}")
             print(f"  hybridgrad {hg:.2e}{conf_text} -> {route['action']}: {route['reason']}")
-            print(f"  user sees: {out.content!r}" + (f"   (review id {route['review_id']})" if route["review_id"] else ""))
+            print(
+                f"  user sees: {out.content!r}" + (f"   (review id {route['review_id']})" if route["review_id"] else "")
+            )
             print(f"  trail: {[(s['action'], s['target'], s['outcome']) for s in route['trail']]}\n")
 
         pending = queue.list(status="pending")
         print(f"{len(pending)} item(s) waiting for review:")
         for item in pending:
-            print(f"  {item.id}  Q: {item.question!r}  held-back answer: {item.answer!r}  confidence: {item.confidence}")
+            print(
+                f"  {item.id}  Q: {item.question!r}  held-back answer: {item.answer!r}  confidence: {item.confidence}"
+            )
         if pending:
             item = pending[0]
-            resolved = queue.resolve(item.id, "edited", answer="Quillfeather Robotics employs 240 people.", note="checked HR")
+            resolved = queue.resolve(
+                item.id, "edited", answer="Quillfeather Robotics employs 240 people.", note="checked HR"
+            )
             print(f"\nA reviewer resolved {resolved.id}: {resolved.status}, answer now {resolved.resolved_answer!r}")
         print(f"\nInspect the queue with: gradguard review list --db {db}")
     print(f"Done in {time.perf_counter() - started:.0f} s.")

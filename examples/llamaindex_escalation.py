@@ -89,7 +89,9 @@ def main() -> None:
             engine = "top-1" if i == 0 else "top-3"
             value = item.metadata["uncertainty"][args.signal]
             print(f"  {engine} answer: {item.text.strip()!r}")
-            print(f"        {args.signal} = {value:.2e}   hybridgrad = {item.metadata['uncertainty']['hybridgrad']:.2e}")
+            print(
+                f"        {args.signal} = {value:.2e}   hybridgrad = {item.metadata['uncertainty']['hybridgrad']:.2e}"
+            )
         for step in meta["trail"]:
             target = f" -> {step['target']}" if step["target"] else ""
             error = f" ({step['error']})" if step["error"] else ""

@@ -107,8 +107,8 @@ def main() -> None:
         print(f"Q ({where}): {question}")
         print(f"  model answer : {raw_answer}")
         print(
-            f"  confidence   : {'None' if confidence is None else f'{confidence:.3f}'} (task {score['task']}, in domain: "
-            f"{score['in_domain']})   hybridgrad {score['uncertainty']['hybridgrad']:.2e}"
+            f"  confidence   : {'None' if confidence is None else f'{confidence:.3f}'} (task {score['task']}, "
+            f"in domain: {score['in_domain']})   hybridgrad {score['uncertainty']['hybridgrad']:.2e}"
         )
         print(f"  guard        : {meta['action']:<8} -> {response.response}")
         print()

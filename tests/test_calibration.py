@@ -14,7 +14,6 @@ from gradguard.scores import FEATURES, GRADIENT_FEATURES, SCORES, TOKEN_FEATURES
 from gradguard.tasks import BUILTIN_TASKS, DeclineRule
 from gradguard.testing.results import make_score_result
 
-
 # -- judges -------------------------------------------------------------------------------------------
 
 

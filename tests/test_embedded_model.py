@@ -12,7 +12,10 @@ pytestmark = pytest.mark.embedded
 
 PROMPTS = [
     [{"role": "user", "content": "Who proposed the theory of evolution by natural selection?"}],
-    [{"role": "system", "content": "Answer with a short phrase."}, {"role": "user", "content": "What is an area of land called that is wet for all or part of the year?"}],
+    [
+        {"role": "system", "content": "Answer with a short phrase."},
+        {"role": "user", "content": "What is an area of land called that is wet for all or part of the year?"},
+    ],
     [{"role": "user", "content": "Surface waters are heated by the radiation from?"}],
 ]
 FIELDS = ("hybridgrad", "semgrad", "paragrad", "exgrad", "mean_entropy", "g_nll", "mean_nll", "max_nll")

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from gradguard.errors import InputError
-from gradguard.data import DataFormatError, QAItem, load_qa, qa_messages
 from gradguard.calibration.harness import CACHE_FILE, CacheWarning, ResultCache, run_harness
+from gradguard.data import DataFormatError, QAItem, load_qa, qa_messages
+from gradguard.errors import InputError
 from gradguard.evaluation.report import METHODS, evaluate_records, format_table, write_report
 from gradguard.profiles import Profile, load_profile, save_profile
 from gradguard.result import ScoreResult, Timings
@@ -175,7 +175,7 @@ def test_tiny_model_rescoring_matches_generation(tmp_path: Path) -> None:
     first = run_harness(a, qs, cache_dir=tmp_path, max_new_tokens=6, progress=False)
     b = GradScorer(model, tok, spt_offset=-3, model_name="tiny")
     rescored = run_harness(b, qs, cache_dir=tmp_path, max_new_tokens=6, progress=False)
-    for r1, r2, q in zip(first, rescored, qs):
+    for r1, r2, q in zip(first, rescored, qs, strict=True):
         assert r1.result is not None and r2.result is not None
         assert r2.result.token_ids == r1.result.token_ids and r2.result.spt_offset == -3
         direct = b.score(qa_messages(q.query), list(r1.result.token_ids))
@@ -191,7 +191,13 @@ def fake_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeScorer]:
     made: dict[str, FakeScorer] = {}
 
     def make_scorer(
-        source: Any, *, profile: Any = None, spt_offset: Any = None, layer_span: Any = None, strict: bool = True, device: Any = None
+        source: Any,
+        *,
+        profile: Any = None,
+        spt_offset: Any = None,
+        layer_span: Any = None,
+        strict: bool = True,
+        device: Any = None,
     ) -> Any:
         scorer = FakeScorer()
         made[str(len(made))] = scorer
@@ -204,14 +210,32 @@ def fake_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeScorer]:
     return made
 
 
-def test_eval_then_calibrate_reuses_the_cache(tmp_path: Path, fake_models: dict[str, FakeScorer], capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_then_calibrate_reuses_the_cache(
+    tmp_path: Path, fake_models: dict[str, FakeScorer], capsys: pytest.CaptureFixture[str]
+) -> None:
     from gradguard.calibration.cli import main as calibrate_main
     from gradguard.evaluation.cli import main as eval_main
     from gradguard.profiles.cli import main as profile_main
 
     data = write_qa(tmp_path / "qa.jsonl", 300)
     cache = tmp_path / "cache"
-    assert eval_main(["eval", "--data", str(data), "--out", str(tmp_path / "ev"), "--cache", str(cache), "--no-progress", "--boot", "50"]) == 0
+    assert (
+        eval_main(
+            [
+                "eval",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "ev"),
+                "--cache",
+                str(cache),
+                "--no-progress",
+                "--boot",
+                "50",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "HybridGrad" in out and (tmp_path / "ev" / "results.jsonl").is_file()
     assert fake_models["0"].generated == 300
@@ -233,7 +257,25 @@ def test_eval_then_calibrate_reuses_the_cache(tmp_path: Path, fake_models: dict[
     assert len(cal.holdout_confidence) == 300
 
     # the calibrated profile now adds a confidence row to eval
-    assert eval_main(["eval", "--data", str(data), "--out", str(tmp_path / "ev2"), "--cache", str(cache), "--profile", str(prof), "--no-progress", "--boot", "50"]) == 0
+    assert (
+        eval_main(
+            [
+                "eval",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "ev2"),
+                "--cache",
+                str(cache),
+                "--profile",
+                str(prof),
+                "--no-progress",
+                "--boot",
+                "50",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "cross-fitted" in out  # the same answers: the honest out-of-fold confidences are reported
     summary = json.loads((tmp_path / "ev2" / "summary.json").read_text())
@@ -242,7 +284,27 @@ def test_eval_then_calibrate_reuses_the_cache(tmp_path: Path, fake_models: dict[
     rows = [json.loads(line) for line in (tmp_path / "ev2" / "results.jsonl").read_text().splitlines()]
     assert all(r["confidence"] is not None and r["task"] == "closed-qa" for r in rows)
     # a subset of the calibration file: the refitted calibrator, flagged in-sample
-    assert eval_main(["eval", "--data", str(data), "--n", "200", "--out", str(tmp_path / "ev3"), "--cache", str(cache), "--profile", str(prof), "--no-progress", "--boot", "50"]) == 0
+    assert (
+        eval_main(
+            [
+                "eval",
+                "--data",
+                str(data),
+                "--n",
+                "200",
+                "--out",
+                str(tmp_path / "ev3"),
+                "--cache",
+                str(cache),
+                "--profile",
+                str(prof),
+                "--no-progress",
+                "--boot",
+                "50",
+            ]
+        )
+        == 0
+    )
     assert "in-sample" in capsys.readouterr().out
 
     assert profile_main(["profile", "threshold", str(prof), "--task", "closed-qa", "--epsilon", "0.3", "--json"]) == 0
@@ -252,7 +314,9 @@ def test_eval_then_calibrate_reuses_the_cache(tmp_path: Path, fake_models: dict[
     assert "task closed-qa: 300 answers from qa.jsonl" in capsys.readouterr().out
 
 
-def test_cli_errors_are_reported_not_raised(tmp_path: Path, fake_models: dict[str, FakeScorer], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_are_reported_not_raised(
+    tmp_path: Path, fake_models: dict[str, FakeScorer], capsys: pytest.CaptureFixture[str]
+) -> None:
     from gradguard.evaluation.cli import main as eval_main
 
     bad = tmp_path / "bad.jsonl"
@@ -268,9 +332,13 @@ def test_empty_answers_count_as_wrong_and_least_confident() -> None:
     recs = []
     for i, (text, h) in enumerate([("alpha", 1e-4), ("alpha", 2e-4), ("beta", 1e-3), ("beta", 5e-3)]):
         res = fake._result(f"q{i}", text, 0.1).model_copy(update={"hybridgrad": h})
-        recs.append(CachedRecord(gen_key=str(i), score_key=str(i), index=i, query=f"q{i}", answers=("alpha",), result=res))
+        recs.append(
+            CachedRecord(gen_key=str(i), score_key=str(i), index=i, query=f"q{i}", answers=("alpha",), result=res)
+        )
     empty = fake._result("q4", "", 0.1).model_copy(
-        update={k: math.nan for k in ("hybridgrad", "semgrad", "paragrad", "exgrad", "g_nll", "mean_nll", "mean_entropy")}
+        update={
+            k: math.nan for k in ("hybridgrad", "semgrad", "paragrad", "exgrad", "g_nll", "mean_nll", "mean_entropy")
+        }
         | {"empty": True, "n_response_tokens": 0}
     )
     recs.append(CachedRecord(gen_key="4", score_key="4", index=4, query="q4", answers=("alpha",), result=empty))

@@ -54,13 +54,16 @@ def test_require_names_the_package_and_the_extra() -> None:
 
 
 def test_require_maps_import_names_to_distributions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "sklearn", None)
+    for name in ("sklearn", "sklearn.linear_model"):  # as if not installed, even after other tests imported it
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingExtraError, match=r"needs scikit-learn.*gradguard\[calibrate\]") as info:
         require("sklearn.linear_model", "calibrate", "fitting a calibration")
     assert info.value.package == "scikit-learn" and info.value.name.startswith("sklearn")
 
 
-def test_a_missing_dependency_of_a_present_package_is_not_disguised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_dependency_of_a_present_package_is_not_disguised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "present_pkg_gg").mkdir()
     (tmp_path / "present_pkg_gg" / "__init__.py").write_text("import absent_dependency_gg\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -75,7 +78,9 @@ def test_the_core_scores_and_applies_a_shipped_calibration_without_the_extra(tmp
 
     # fitted here (with the extra); the child only loads and applies it, as a shipped calibration is
     profile = make_tiny_profile(
-        make_tiny_tokenizer("qwen2"), calibrations={"closed-qa": make_task_calibration("closed-qa")}, default_task="closed-qa"
+        make_tiny_tokenizer("qwen2"),
+        calibrations={"closed-qa": make_task_calibration("closed-qa")},
+        default_task="closed-qa",
     )
     save_profile(profile, tmp_path / "profile.json")
     out = _run(
@@ -105,7 +110,10 @@ def test_the_core_scores_and_applies_a_shipped_calibration_without_the_extra(tmp
 
 @pytest.mark.parametrize(
     "integration, framework",
-    [("gradguard.integrations.langchain", "langchain_core"), ("gradguard.integrations.llama_index", "llama_index.core")],
+    [
+        ("gradguard.integrations.langchain", "langchain_core"),
+        ("gradguard.integrations.llama_index", "llama_index.core"),
+    ],
 )
 def test_the_integrations_import_without_the_extra(integration: str, framework: str, tmp_path: Path) -> None:
     if importlib.util.find_spec(framework.partition(".")[0]) is None:

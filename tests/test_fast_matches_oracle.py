@@ -7,7 +7,10 @@ import pytest
 from gradguard import GradScorer, ScoreResult
 
 SCORE_FIELDS = ("hybridgrad", "semgrad", "paragrad", "exgrad", "alpha", "mean_entropy", "g_nll", "mean_nll", "max_nll")
-QUESTION = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 
 
 def assert_same_scores(fast: ScoreResult, oracle: ScoreResult) -> None:
@@ -30,7 +33,7 @@ def test_scores_differ_between_answers(tiny_scorer: GradScorer) -> None:
 def test_batch_equals_one_by_one(tiny_scorer: GradScorer) -> None:
     answers = ["Paris is the capital.", "Lyon", "It is Paris, of course, the city of light."]
     batch = tiny_scorer.score_many(QUESTION, answers)
-    for answer, result in zip(answers, batch):
+    for answer, result in zip(answers, batch, strict=True):
         assert_same_scores(result, tiny_scorer.oracle(QUESTION, answer))
 
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gradguard import EmbeddedModelError, GradScorer, ModelSourceError, UnsupportedModelError, load_model
-from gradguard import embedded
+from gradguard import EmbeddedModelError, GradScorer, ModelSourceError, UnsupportedModelError, embedded, load_model
 from gradguard.testing import make_tiny_model
 
 
@@ -44,7 +43,9 @@ def test_missing_gguf_file(tmp_path: Path) -> None:
 def test_non_causal_folder(tmp_path: Path) -> None:
     from transformers import ViTConfig
 
-    ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path)
+    ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(
+        tmp_path
+    )
     with pytest.raises(UnsupportedModelError, match="not a causal language model"):
         load_model(tmp_path)
 

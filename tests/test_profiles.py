@@ -34,7 +34,9 @@ def tiny_profile(**kw: object) -> Profile:
 
 def calibrated(profile: Profile) -> Profile:
     """The profile with a ``closed-qa`` calibration fitted on synthetic answers (gradguard.testing.calibration)."""
-    return profile.model_copy(update={"calibrations": {"closed-qa": make_task_calibration()}, "default_task": "closed-qa"})
+    return profile.model_copy(
+        update={"calibrations": {"closed-qa": make_task_calibration()}, "default_task": "closed-qa"}
+    )
 
 
 def test_round_trip_is_sorted_and_stamped(tmp_path: Path) -> None:
@@ -168,16 +170,44 @@ def test_a_schema_1_profile_loads_as_closed_qa_with_one_warning() -> None:
     old["calibration"] = {
         "chosen": "logistic",
         "selection_rule": "highest cross-validated AUROC",
-        "isotonic": {"kind": "isotonic", "feature": "log_hybridgrad", "x": [-8.0, -2.0], "y": [0.9, 0.1], "cv": {"auroc": 0.6, "brier": 0.2, "ece": 0.05, "aurc": 0.4}},
-        "logistic": {
-            "kind": "logistic", "features": ["log_semgrad", "mean_nll"], "mean": [-5.0, 1.0], "scale": [1.0, 1.0],
-            "coef": [-1.0, -0.5], "intercept": 0.1, "C": 0.1, "cv": {"auroc": 0.66, "auroc_ci": [0.6, 0.7], "brier": 0.2, "ece": 0.04, "aurc": 0.4},
+        "isotonic": {
+            "kind": "isotonic",
+            "feature": "log_hybridgrad",
+            "x": [-8.0, -2.0],
+            "y": [0.9, 0.1],
+            "cv": {"auroc": 0.6, "brier": 0.2, "ece": 0.05, "aurc": 0.4},
         },
-        "n": n, "n_unscored": 0, "n_correct": 2, "folds": 5, "seed": 0, "auroc": 0.66, "aurc": 0.4, "ece": 0.04,
+        "logistic": {
+            "kind": "logistic",
+            "features": ["log_semgrad", "mean_nll"],
+            "mean": [-5.0, 1.0],
+            "scale": [1.0, 1.0],
+            "coef": [-1.0, -0.5],
+            "intercept": 0.1,
+            "C": 0.1,
+            "cv": {"auroc": 0.66, "auroc_ci": [0.6, 0.7], "brier": 0.2, "ece": 0.04, "aurc": 0.4},
+        },
+        "n": n,
+        "n_unscored": 0,
+        "n_correct": 2,
+        "folds": 5,
+        "seed": 0,
+        "auroc": 0.66,
+        "aurc": 0.4,
+        "ece": 0.04,
         "baselines_auroc": {"hybridgrad": 0.54},
-        "data": {"path": "/somewhere/sciq/test.jsonl", "sha256": "ab", "n_questions": n, "system_prompt": "Answer briefly.",
-                 "max_new_tokens": 24, "judge": "containment", "spt_offset": -2, "layer_span": [2, 4]},
-        "holdout_confidence": [0.1, 0.2, 0.3, 0.4], "holdout_correct": [0, 0, 1, 1],
+        "data": {
+            "path": "/somewhere/sciq/test.jsonl",
+            "sha256": "ab",
+            "n_questions": n,
+            "system_prompt": "Answer briefly.",
+            "max_new_tokens": 24,
+            "judge": "containment",
+            "spt_offset": -2,
+            "layer_span": [2, 4],
+        },
+        "holdout_confidence": [0.1, 0.2, 0.3, 0.4],
+        "holdout_correct": [0, 0, 1, 1],
     }
     with pytest.warns(ProfileWarning, match="schema version 1.*closed-qa") as record:
         p = profile_from_dict(old, source="old.json")

@@ -15,11 +15,11 @@ from gradguard.profiles import (
     ProfileNotFoundError,
     ProfileWarning,
     builtin_profiles,
+    check_compatible,
     load_builtin_profile,
     load_profile,
     resolve_profile,
     save_profile,
-    check_compatible,
 )
 from gradguard.profiles.lookup import PROFILE_PATH_ENV, token_at_offset
 from gradguard.testing import make_tiny_model, make_tiny_profile
@@ -28,7 +28,9 @@ EMBEDDED_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 
 
 def measured(tok: object, **kw: object) -> Profile:
-    fields: dict[str, object] = dict(name="user:tiny-qwen2", model_id="acme/tiny-qwen2", spt_offset=-1, layer_span=(1, 4))
+    fields: dict[str, object] = dict(
+        name="user:tiny-qwen2", model_id="acme/tiny-qwen2", spt_offset=-1, layer_span=(1, 4)
+    )
     return make_tiny_profile(tok, **{**fields, **kw})
 
 
@@ -151,7 +153,7 @@ def test_builtin_embedded_profile_is_measured_on_enough_queries() -> None:
     assert (p.num_layers, p.hidden_size) == (24, 896)
     assert p.sps is not None and p.sps.data.n_queries >= 200
     assert p.spt_offset in p.sps.candidate_offsets
-    means = dict(zip(p.sps.offsets, p.sps.top_half_mean))
+    means = dict(zip(p.sps.offsets, p.sps.top_half_mean, strict=True))
     assert means[p.spt_offset] == max(means[k] for k in p.sps.candidate_offsets)
     assert p.layer_span == (12, 24)
     assert p.chat_template_fingerprint is not None

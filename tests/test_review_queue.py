@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -27,10 +27,10 @@ from gradguard.review import (
     ReviewQueue,
     ReviewStoreError,
     SQLiteReviewQueue,
+    cli,
     default_review_db_path,
     human_review_target,
 )
-from gradguard.review import cli
 from gradguard.routing import EscalationResult
 
 SRC = Path(gradguard.review.__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def test_enqueue_and_get_round_trip(queue: SQLiteReviewQueue) -> None:
     assert (item.id, item.question, item.answer, item.confidence) == (item_id, "Q?", "A.", 0.3)
     assert item.metadata == {"app": "faq", "n": [1, 2]}
     assert item.status == "pending" and item.pending
-    assert item.created_at.tzinfo is not None and item.created_at.utcoffset() == timezone.utc.utcoffset(None)
+    assert item.created_at.tzinfo is not None and item.created_at.utcoffset() == UTC.utcoffset(None)
     assert (item.verdict_note, item.resolved_answer, item.resolved_at) == (None, None, None)
 
 

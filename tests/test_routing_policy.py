@@ -7,10 +7,10 @@ import math
 import warnings
 
 import pytest
+from pydantic import ValidationError
 
 from gradguard.errors import GradguardError
 from gradguard.result import ScoreResult
-from gradguard.testing import make_score_result
 from gradguard.routing import (
     Action,
     Decision,
@@ -20,6 +20,7 @@ from gradguard.routing import (
     RoutingPolicyWarning,
     Tier,
 )
+from gradguard.testing import make_score_result
 
 
 def make_result(confidence: float | None = 0.9, *, scored: bool = True) -> ScoreResult:
@@ -115,7 +116,7 @@ def test_invalid_tier_given_as_dict_raises_policy_error_not_pydantic() -> None:
 
 def test_policy_is_immutable() -> None:
     policy = three_tier()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         policy.abstain_text = "changed"  # type: ignore[misc]
     assert policy.abstain_text == "I don't know."
     assert isinstance(policy.tiers, tuple)
@@ -197,7 +198,7 @@ def test_targets_lists_escalation_names_once_in_order() -> None:
 def test_decision_is_a_frozen_value() -> None:
     d = three_tier().decide(0.9)
     assert isinstance(d, Decision)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         d.action = Action.REJECT  # type: ignore[misc]
 
 
@@ -222,7 +223,10 @@ def test_unknown_json_keys_load_with_a_warning() -> None:
         {
             "comment": "prod policy",
             "abstain_text": "Nope.",
-            "tiers": [{"min_confidence": 0.6, "action": "accept", "note": "x"}, {"min_confidence": 0.0, "action": "abstain"}],
+            "tiers": [
+                {"min_confidence": 0.6, "action": "accept", "note": "x"},
+                {"min_confidence": 0.0, "action": "abstain"},
+            ],
         }
     )
     with pytest.warns(RoutingPolicyWarning) as record:

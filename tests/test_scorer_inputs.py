@@ -79,7 +79,9 @@ def test_tokenizer_without_chat_template() -> None:
 def test_not_a_causal_lm() -> None:
     from transformers import BertConfig, BertModel
 
-    bert = BertModel(BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    bert = BertModel(
+        BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    )
     with pytest.raises(UnsupportedModelError, match="causal language model"):
         GradScorer(bert, make_tiny_tokenizer("qwen2"))  # type: ignore[arg-type]
 

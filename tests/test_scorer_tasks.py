@@ -24,7 +24,10 @@ MESSAGES = [{"role": "user", "content": "What is the boiling point of water?"}]
 def tiny() -> tuple[object, object, Profile]:
     model, tok = make_tiny_model("qwen2")
     profile = make_tiny_profile(
-        tok, name="tiny-calibrated", calibrations={"closed-qa": make_task_calibration("closed-qa")}, default_task="closed-qa"
+        tok,
+        name="tiny-calibrated",
+        calibrations={"closed-qa": make_task_calibration("closed-qa")},
+        default_task="closed-qa",
     )
     return model, tok, profile
 
@@ -101,7 +104,9 @@ def test_out_of_domain_answers_are_unconfident_unless_allowed() -> None:
     strict = GuardSignal.confidence(0.8)
     reading = strict.check(far)
     assert not reading.passed and reading.value is None
-    assert "out of domain" in reading.reason and "rag" in reading.reason and "allow_out_of_domain=True" in reading.reason
+    assert (
+        "out of domain" in reading.reason and "rag" in reading.reason and "allow_out_of_domain=True" in reading.reason
+    )
     assert strict.check(near).passed
     assert strict.check(far.metadata()).passed is False  # the metadata travels with a message
     lenient = GuardSignal.confidence(0.8, allow_out_of_domain=True)
@@ -113,7 +118,9 @@ def test_out_of_domain_answers_are_unconfident_unless_allowed() -> None:
 # -- the command line ------------------------------------------------------------------------------------------
 
 
-def test_ask_with_a_context_file_uses_the_rag_prompt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ask_with_a_context_file_uses_the_rag_prompt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     seen: dict[str, object] = {}
 
     class Recorder:
@@ -124,7 +131,9 @@ def test_ask_with_a_context_file_uses_the_rag_prompt(tmp_path: Path, monkeypatch
             seen["messages"] = messages
             return make_score_result(task=str(seen["task"]))
 
-    monkeypatch.setattr("gradguard.scorer.GradScorer.from_pretrained", classmethod(lambda cls, src, **kw: Recorder(**kw)))
+    monkeypatch.setattr(
+        "gradguard.scorer.GradScorer.from_pretrained", classmethod(lambda cls, src, **kw: Recorder(**kw))
+    )
     ctx = tmp_path / "ctx.txt"
     ctx.write_text("The Rhine flows north.", encoding="utf-8")
     assert cli_main(["ask", "Where does the Rhine flow?", "--context", f"@{ctx}", "--json"]) == 0

@@ -116,7 +116,7 @@ def test_build_profile_end_to_end(tmp_path: Path) -> None:
     p = build_profile(model, tok, src, model_id="acme/tiny", num_queries=3, num_offsets=6, progress=False)
     assert p.kind == "measured" and p.model_id == "acme/tiny" and (p.num_layers, p.hidden_size) == (4, 32)
     assert p.sps is not None and p.sps.data.n_queries == 3 and p.sps.data.n_variants == 9
-    means = dict(zip(p.sps.offsets, p.sps.top_half_mean))
+    means = dict(zip(p.sps.offsets, p.sps.top_half_mean, strict=True))
     assert p.spt_offset in p.sps.candidate_offsets
     assert means[p.spt_offset] == max(means[k] for k in p.sps.candidate_offsets)
     assert p.layer_span == (2, 4)

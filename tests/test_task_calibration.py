@@ -176,7 +176,9 @@ def test_a_single_fold_group_cannot_be_cross_validated() -> None:
 
 
 def test_records_without_hidden_states_fit_without_a_probe() -> None:
-    records = [r.model_copy(update={"hidden": None, "hidden_layers": (), "hidden_d": None}) for r in synthetic_records(150)]
+    records = [
+        r.model_copy(update={"hidden": None, "hidden_layers": (), "hidden_d": None}) for r in synthetic_records(150)
+    ]
     report = fit_task_calibration(
         records, BUILTIN_TASKS["closed-qa"], data_path="x.jsonl", data_sha256=None, max_new_tokens=8, folds=3, n_boot=20
     )

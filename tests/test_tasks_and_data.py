@@ -37,7 +37,13 @@ def test_squad_lines_read_as_they_are(tmp_path: Path) -> None:
         ],
     )
     a, b, c = load_qa(f)
-    assert (a.query, a.context, a.is_impossible, a.title, a.id) == ("Where does it flow?", "The Rhine flows north.", False, "Rhine", "a")
+    assert (a.query, a.context, a.is_impossible, a.title, a.id) == (
+        "Where does it flow?",
+        "The Rhine flows north.",
+        False,
+        "Rhine",
+        "a",
+    )
     assert b.is_impossible and b.answers == ()
     assert a.group == b.group == "title:Rhine"
     assert c.context is None and c.group == "index:2"
@@ -53,9 +59,18 @@ def test_shuffled_sample_is_reproducible(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"context": "Some passage.", "answers": ["x"]}, r"q.jsonl:2: missing or empty \"question\".*on a line with a \"context\""),
-        ({"question": "Q?", "answers": [], "is_impossible": "yes"}, r"q.jsonl:2: \"is_impossible\" must be true or false, got 'yes'"),
-        ({"question": "Q?", "answers": [], "is_impossible": False}, r"q.jsonl:2: \"answers\" is empty on an answerable question"),
+        (
+            {"context": "Some passage.", "answers": ["x"]},
+            r"q.jsonl:2: missing or empty \"question\".*on a line with a \"context\"",
+        ),
+        (
+            {"question": "Q?", "answers": [], "is_impossible": "yes"},
+            r"q.jsonl:2: \"is_impossible\" must be true or false, got 'yes'",
+        ),
+        (
+            {"question": "Q?", "answers": [], "is_impossible": False},
+            r"q.jsonl:2: \"answers\" is empty on an answerable question",
+        ),
         ({"question": "Q?"}, r"q.jsonl:2: no gold answers.*is_impossible"),
         ({"question": "Q?", "answers": ["x"], "context": 3}, r"q.jsonl:2: \"context\" must be a string"),
     ],
@@ -92,8 +107,16 @@ def test_unknown_or_malformed_task_names_are_errors() -> None:
 
 def test_a_prompt_template_file_defines_a_user_task(tmp_path: Path) -> None:
     f = tmp_path / "my-rag.json"
-    f.write_text(json.dumps({"system_prompt": "Use the notes.", "user_template": "Notes:\n{context}\n\nQ: {question}", "judge": "f1",
-                             "declines": {"phrases": ["no idea"]}}))
+    f.write_text(
+        json.dumps(
+            {
+                "system_prompt": "Use the notes.",
+                "user_template": "Notes:\n{context}\n\nQ: {question}",
+                "judge": "f1",
+                "declines": {"phrases": ["no idea"]},
+            }
+        )
+    )
     task = load_task_file(f, "my-rag")
     assert task.name == "my-rag" and task.needs_context and task.declined("No idea, sorry")
     f.write_text(json.dumps({"user_template": "no placeholder"}))

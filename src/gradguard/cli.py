@@ -60,7 +60,9 @@ def _read_context(value: str | None) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"--context {value}: cannot read {path} ({exc.strerror}); pass the text or @FILE of a readable file") from None
+        raise InputError(
+            f"--context {value}: cannot read {path} ({exc.strerror}); pass the text or @FILE of a readable file"
+        ) from None
 
 
 def _task_and_messages(args: argparse.Namespace) -> tuple[str, list[dict[str, str]]]:
@@ -95,7 +97,9 @@ def _print(result: ScoreResult, as_json: bool) -> None:
         return
     confidence = "n/a (uncalibrated)" if result.confidence is None else f"{result.confidence:.3f}"
     if result.calibration is not None:
-        domain = "" if result.in_domain is not False else "  OUT OF DOMAIN: the calibration has not seen answers like this"
+        domain = (
+            "" if result.in_domain is not False else "  OUT OF DOMAIN: the calibration has not seen answers like this"
+        )
         confidence += f"  (task {result.task}, calibrated on {result.calibration.data}){domain}"
     elif result.task:
         confidence += f"  (task {result.task})"
@@ -130,7 +134,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="Hub id, local folder or .gguf file (default: the embedded model)")
+    parser.add_argument(
+        "--model", default=None, help="Hub id, local folder or .gguf file (default: the embedded model)"
+    )
     parser.add_argument("--system", default=None, help="an optional system message")
     parser.add_argument(
         "--context",
@@ -140,9 +146,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task",
         default=None,
-        help="calibration task: chat (default for a bare question), rag (with --context), closed-qa, or a calibrated one",
+        help="calibration task: chat (default for a bare question), rag (with --context), closed-qa, "
+        "or a calibrated one",
     )
-    parser.add_argument("--spt-offset", type=int, default=None, help="override the semantic-preserving offset (negative)")
+    parser.add_argument(
+        "--spt-offset", type=int, default=None, help="override the semantic-preserving offset (negative)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

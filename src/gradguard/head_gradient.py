@@ -95,6 +95,6 @@ def head_gradients(
         ex += float(g[:, d:].sum())
     weighted = residual * weights
     grad_u = torch.zeros_like(u32)
-    for r, w in zip(weighted.split(_CHUNK, dim=-1), weight.split(_CHUNK)):
+    for r, w in zip(weighted.split(_CHUNK, dim=-1), weight.split(_CHUNK), strict=True):
         grad_u += r @ w.float()
     return HeadGradients(paragrad_l1=para, exgrad_l1=ex / n_tokens, grad_u=grad_u.to(u.dtype))

@@ -1,4 +1,4 @@
-"""Load a chat model and its tokenizer from a Hugging Face id, a local folder, a ``.gguf`` file, or the embedded default.
+"""Load a chat model and its tokenizer from a Hugging Face id, a local folder, a ``.gguf`` file or the embedded default.
 
 GGUF files are de-quantized to fp32 by transformers (tens of seconds); the result is cached as
 safetensors under :func:`gradguard.cache.cache_dir` so later loads take seconds.
@@ -58,7 +58,9 @@ def load_model(
         model, tok = _load_folder(path, dtype, hint=f"check that {path} holds config.json, weights and a tokenizer")
         return model, tok, str(path)
     if path.exists():
-        raise ModelSourceError(f"{text!r} is a file but not a .gguf file; pass a model folder, a .gguf file or a Hub id")
+        raise ModelSourceError(
+            f"{text!r} is a file but not a .gguf file; pass a model folder, a .gguf file or a Hub id"
+        )
     model, tok = _load_hub_id(text, dtype)
     return model, tok, text
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -17,7 +18,9 @@ _ROLES = {"system", "user", "assistant", "tool"}
 def template_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> list[int]:
     """Token ids of ``messages`` rendered by the tokenizer's own chat template, generation prompt included."""
     if not messages:
-        raise InputError("the message list is empty; pass at least one message, e.g. [{'role': 'user', 'content': '...'}]")
+        raise InputError(
+            "the message list is empty; pass at least one message, e.g. [{'role': 'user', 'content': '...'}]"
+        )
     for i, msg in enumerate(messages):
         if not isinstance(msg, Mapping) or "role" not in msg or "content" not in msg:
             raise InputError(f"message {i} is {msg!r}; each message must be a dict with 'role' and 'content'")
@@ -28,13 +31,14 @@ def template_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> l
     if not tokenizer.chat_template:
         raise ChatTemplateError(
             f"tokenizer {type(tokenizer).__name__} ({tokenizer.name_or_path!r}) has no chat template; set "
-            "tokenizer.chat_template to a Jinja template (see the model card) or use the model's -Instruct/-Chat variant"
+            "tokenizer.chat_template to a Jinja template (see the model card) "
+            "or use the model's -Instruct/-Chat variant"
         )
     try:
         out = tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=True)
     except Exception as exc:
         raise ChatTemplateError(f"the chat template cannot render these messages: {exc}") from exc
-    ids = out["input_ids"] if isinstance(out, Mapping) else out
+    ids: Sequence[Any] = out["input_ids"] if isinstance(out, Mapping) else out
     return [int(i) for i in ids]
 
 
@@ -62,7 +66,7 @@ def tokenize_response(
     if isinstance(response, str):
         ids = [int(i) for i in tokenizer(response, add_special_tokens=False)["input_ids"]]
     elif isinstance(response, Sequence) or hasattr(response, "tolist"):
-        raw = response.tolist() if hasattr(response, "tolist") else list(response)
+        raw: list[Any] = response.tolist() if hasattr(response, "tolist") else list(response)
         try:
             ids = [int(i) for i in raw]
         except (TypeError, ValueError) as exc:
@@ -70,7 +74,9 @@ def tokenize_response(
         vocab = len(tokenizer)
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
-            raise InputError(f"response token ids {bad[:5]} are outside the vocabulary [0, {vocab}); pass ids from this tokenizer")
+            raise InputError(
+                f"response token ids {bad[:5]} are outside the vocabulary [0, {vocab}); pass ids from this tokenizer"
+            )
     else:
         raise InputError(f"response must be text or a sequence of token ids, got {type(response).__name__}")
     if ids and ids[-1] in eot_ids:

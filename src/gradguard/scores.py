@@ -111,10 +111,21 @@ SCORES: tuple[ScoreSpec, ...] = (
     ScoreSpec("nll_std", "NLL spread", "token", "identity", False, lambda r: _std(r.token_logprobs, -1.0)),
     ScoreSpec("entropy_std", "entropy spread", "token", "identity", False, lambda r: _std(r.token_entropies)),
     ScoreSpec(
-        "unsure_share", "share of unsure tokens", "token", "identity", False, lambda r: _share_above(r.token_entropies, 1.0)
+        "unsure_share",
+        "share of unsure tokens",
+        "token",
+        "identity",
+        False,
+        lambda r: _share_above(r.token_entropies, 1.0),
     ),
     ScoreSpec(
-        "answer_length", "answer length", "length", "log", False, lambda r: max(r.n_response_tokens, 1), uncertainty=False
+        "answer_length",
+        "answer length",
+        "length",
+        "log",
+        False,
+        lambda r: max(r.n_response_tokens, 1),
+        uncertainty=False,
     ),
 )
 

@@ -87,7 +87,7 @@ def fit_data_from_records(
     for rec in records:
         res = rec.result
         x = scalar_features(res, FEATURES) if res is not None else None
-        if x is None:
+        if res is None or x is None:
             n_unscored += 1
             continue
         settings.add((res.spt_offset, tuple(res.layer_span)))
@@ -96,7 +96,9 @@ def fit_data_from_records(
             if layers is None:
                 layers = rec.hidden_layers
             elif rec.hidden_layers != layers:
-                raise CalibrationError(f"answers in {source} kept different hidden layers; re-collect them with one setting")
+                raise CalibrationError(
+                    f"answers in {source} kept different hidden layers; re-collect them with one setting"
+                )
         hidden.append(arr)
         X.append(x)
         y.append(float(label_answer(task, res.response, rec.answers, rec.is_impossible)))
@@ -104,7 +106,9 @@ def fit_data_from_records(
     if not X:
         raise CalibrationError(f"none of the {len(records)} answers in {source} was scored; nothing to calibrate")
     if len(settings) != 1:
-        raise CalibrationError(f"the answers in {source} were scored at different offsets/layer spans {sorted(settings)}")
+        raise CalibrationError(
+            f"the answers in {source} were scored at different offsets/layer spans {sorted(settings)}"
+        )
     yy = np.asarray(y)
     if yy.min() == yy.max():
         outcome = "correct" if yy[0] == 1 else "wrong"
@@ -114,17 +118,25 @@ def fit_data_from_records(
             "that the judge and the gold answers fit the task"
         )
     H = None
-    if layers is not None and all(h is not None for h in hidden):
-        H = np.stack(hidden).astype(np.float32)
+    present = [h for h in hidden if h is not None]
+    if layers is not None and len(present) == len(hidden):
+        H = np.stack(present).astype(np.float32)
     elif layers is not None:
         raise CalibrationError(f"some answers in {source} kept hidden states and some did not; re-collect them")
     data = FitData(
-        X=np.vstack(X), features=FEATURES, H=H, layers=tuple(layers or ()), y=yy, groups=np.asarray(groups, dtype=np.int64)
+        X=np.vstack(X),
+        features=FEATURES,
+        H=H,
+        layers=tuple(layers or ()),
+        y=yy,
+        groups=np.asarray(groups, dtype=np.int64),
     )
     return data, n_unscored
 
 
-def paired_gain(conf: NDArray[np.float64], uncertainty: NDArray[np.float64], y: NDArray[np.float64], *, n_boot: int, seed: int) -> AurocGain:
+def paired_gain(
+    conf: NDArray[np.float64], uncertainty: NDArray[np.float64], y: NDArray[np.float64], *, n_boot: int, seed: int
+) -> AurocGain:
     """``AUROC(conf) − AUROC(−uncertainty)`` with a paired percentile-bootstrap 95% interval."""
 
     def diff(c: NDArray[np.float64], u: NDArray[np.float64], yy: NDArray[np.float64]) -> float:
@@ -205,7 +217,7 @@ def fit_task_calibration(
             judge=task.judge,
             max_new_tokens=max_new_tokens,
             spt_offset=spt_offset,
-            layer_span=layer_span,  # type: ignore[arg-type]
+            layer_span=layer_span,
         ),
         n=int(y.size),
         n_correct=int(y.sum()),

@@ -73,6 +73,7 @@ class ScorerLike(Protocol):
     model_name: str
     spt_offset: int
     layer_span: tuple[int, int]
+    hidden_layers: tuple[int, ...]  # read and set only when the calibration needs hidden states
 
     def generate_and_score(self, messages: Any, *, max_new_tokens: int = ..., **kw: Any) -> ScoreResult: ...
 
@@ -154,7 +155,12 @@ SCORING_FORMAT = 2
 def scoring_key(gen_key: str, settings: HarnessSettings) -> str:
     """Hash of what determines the scores of a generated answer."""
     return _digest(
-        {"gen": gen_key, "spt_offset": settings.spt_offset, "layer_span": list(settings.layer_span), "format": SCORING_FORMAT}
+        {
+            "gen": gen_key,
+            "spt_offset": settings.spt_offset,
+            "layer_span": list(settings.layer_span),
+            "format": SCORING_FORMAT,
+        }
     )
 
 
@@ -175,7 +181,9 @@ class ResultCache:
         if raw and not raw.endswith(b"\n"):
             # an interrupted write left a partial last line: drop it so appends start on a fresh line
             cut = raw.rfind(b"\n") + 1
-            warnings.warn(f"{self.path}: dropping an incomplete last line (interrupted run)", CacheWarning, stacklevel=3)
+            warnings.warn(
+                f"{self.path}: dropping an incomplete last line (interrupted run)", CacheWarning, stacklevel=3
+            )
             with self.path.open("r+b") as fh:
                 fh.truncate(cut)
             raw = raw[:cut]
@@ -185,7 +193,9 @@ class ResultCache:
             try:
                 rec = CachedRecord.model_validate_json(line)
             except ValueError as exc:
-                warnings.warn(f"{self.path}:{lineno}: unreadable cache line ignored ({exc})", CacheWarning, stacklevel=3)
+                warnings.warn(
+                    f"{self.path}:{lineno}: unreadable cache line ignored ({exc})", CacheWarning, stacklevel=3
+                )
                 continue
             self.by_score[rec.score_key] = rec
             if rec.result is not None:
@@ -227,14 +237,14 @@ def run_harness(
     Shows a progress bar with the number of cache hits.
     """
     task = task or builtin_task("closed-qa")
-    hidden_layers = tuple(int(l) for l in hidden_layers)
+    hidden_layers = tuple(int(layer) for layer in hidden_layers)
     settings = HarnessSettings(
         model=scorer.model_name,
         task=task,
         max_new_tokens=max_new_tokens if max_new_tokens is not None else task.max_new_tokens,
         generate_kwargs=dict(generate_kwargs or {}),
         spt_offset=int(scorer.spt_offset),
-        layer_span=tuple(scorer.layer_span),  # type: ignore[arg-type]
+        layer_span=tuple(scorer.layer_span),
     )
     cache = ResultCache(cache_dir)
     records: list[CachedRecord] = []
@@ -242,14 +252,19 @@ def run_harness(
     wanted = set(hidden_layers)
     previous_layers = tuple(getattr(scorer, "hidden_layers", ()))
     if hidden_layers:
-        scorer.hidden_layers = tuple(sorted(set(previous_layers) | wanted))  # type: ignore[misc]
+        scorer.hidden_layers = tuple(sorted(set(previous_layers) | wanted))
     bar = tqdm(items, desc=f"{task.name}", unit="q", disable=not progress)
     try:
         for item in bar:
             messages = task.item_messages(item)
             gk = generation_key(messages, settings)
             sk = scoring_key(gk, settings)
-            update = {"index": item.index, "answers": item.answers, "is_impossible": item.is_impossible, "group": item.group}
+            update = {
+                "index": item.index,
+                "answers": item.answers,
+                "is_impossible": item.is_impossible,
+                "group": item.group,
+            }
             cached = cache.by_score.get(sk)
             if cached is not None and (cached.result is None or wanted <= set(cached.hidden_layers)):
                 records.append(cached.model_copy(update=update))
@@ -291,7 +306,7 @@ def run_harness(
             bar.set_postfix(cached=hits, rescored=rescored, generated=generated, refresh=False)
     finally:
         if hidden_layers:
-            scorer.hidden_layers = previous_layers  # type: ignore[misc]
+            scorer.hidden_layers = previous_layers
     return records
 
 

@@ -57,7 +57,10 @@ def token_f1(prediction: str, gold: str) -> float:
 class Judge(Protocol):
     """Decides whether a response answers the question, given the gold answers."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The judge's name, as recorded in a calibration (``containment``, ``f1``)."""
+        ...
 
     def __call__(self, response: str, golds: Sequence[str]) -> bool:
         """True when ``response`` counts as correct."""

@@ -18,7 +18,7 @@ PRR (prediction rejection ratio) is ``(AURC_random - AURC) / (AURC_random - AURC
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -84,7 +84,7 @@ def risk_coverage_curve(confidence: ArrayLike, correct: ArrayLike) -> tuple[NDAr
     ends = np.r_[starts[1:], n]
     cum_err = np.empty(n)
     before = 0.0
-    for a, b in zip(starts, ends):
+    for a, b in zip(starts, ends, strict=True):
         g = b - a
         e = err[a:b].sum()
         cum_err[a:b] = before + e * np.arange(1, g + 1) / g
@@ -144,7 +144,7 @@ def brier(probability: ArrayLike, correct: ArrayLike) -> float:
 
 def bootstrap_ci(
     metric: Callable[..., float],
-    *arrays: Sequence[float] | NDArray[np.float64],
+    *arrays: ArrayLike,
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,

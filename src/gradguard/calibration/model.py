@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from itertools import pairwise
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -117,7 +118,7 @@ class IsotonicCalibrator(_Record):
             raise ValueError(f"isotonic feature {self.feature!r} is unknown; known: {FEATURES}")
         if len(self.x) != len(self.y):
             raise ValueError("isotonic x and y must have the same length")
-        if any(b < a for a, b in zip(self.x, self.x[1:])):
+        if any(b < a for a, b in pairwise(self.x)):
             raise ValueError("isotonic x must be non-decreasing")
         if any(not 0 <= v <= 1 for v in self.y):
             raise ValueError("isotonic y must be probabilities in [0, 1]")
@@ -130,7 +131,7 @@ class IsotonicCalibrator(_Record):
         return float(np.clip(np.interp(value, np.asarray(self.x), np.asarray(self.y)), 0.0, 1.0))
 
 
-Calibrator = Annotated[Union[LogisticCalibrator, IsotonicCalibrator], Field(discriminator="kind")]
+Calibrator = Annotated[LogisticCalibrator | IsotonicCalibrator, Field(discriminator="kind")]
 
 
 class DomainDescription(_Record):
@@ -139,8 +140,9 @@ class DomainDescription(_Record):
     The vector is ``[(x − mean)/scale, components_b · (h_b − hidden_mean_b) for each block b,
     (‖residual_b‖ − residual_mean_b)/residual_scale_b for each block b]`` — the residual being the
     part of ``h_b − hidden_mean_b`` outside the principal subspace, so that a state moving in a
-    direction the calibration data never varied in counts too — and the distance ``sqrt(vᵀ · precision · v)``. ``edge`` is the 99th percentile (``edge_quantile``)
-    of distances of held-out calibration answers; ``heldout_quantiles`` are their 0th…100th percentiles.
+    direction the calibration data never varied in counts too — and the distance
+    ``sqrt(vᵀ · precision · v)``. ``edge`` is the 99th percentile (``edge_quantile``) of distances of
+    held-out calibration answers; ``heldout_quantiles`` are their 0th…100th percentiles.
     """
 
     features: tuple[str, ...]
@@ -161,8 +163,12 @@ class DomainDescription(_Record):
         if not (len(self.mean) == len(self.scale) == len(self.features)):
             raise ValueError("domain mean and scale need one entry per feature")
         n = len(self.blocks)
-        if not (len(self.hidden_mean) == len(self.components) == len(self.residual_mean) == len(self.residual_scale) == n):
-            raise ValueError("domain hidden_mean, components, residual_mean and residual_scale need one entry per block")
+        if not (
+            len(self.hidden_mean) == len(self.components) == len(self.residual_mean) == len(self.residual_scale) == n
+        ):
+            raise ValueError(
+                "domain hidden_mean, components, residual_mean and residual_scale need one entry per block"
+            )
         dim = len(self.features) + sum(len(c) for c in self.components) + n
         if len(self.precision) != dim or any(len(r) != dim for r in self.precision):
             raise ValueError(f"domain precision must be {dim} × {dim}")
@@ -175,7 +181,7 @@ class DomainDescription(_Record):
         """Mahalanobis distance of one answer (scalar features ``x``, hidden states by block)."""
         parts = [(x - np.asarray(self.mean)) / np.asarray(self.scale)]
         residuals = []
-        for (pos, layer), hm, comp in zip(self.blocks, self.hidden_mean, self.components):
+        for (pos, layer), hm, comp in zip(self.blocks, self.hidden_mean, self.components, strict=True):
             centred = hidden[(pos, layer)] - np.asarray(hm)
             axes = np.asarray(comp)
             coords = axes @ centred
@@ -217,7 +223,9 @@ def hidden_vector(result: ScoreResult, position: str, layer: int) -> NDArray[np.
     return np.asarray(hidden.states[position][hidden.layers.index(layer)], dtype=np.float64)
 
 
-def required_layers(calibrator: LogisticCalibrator | IsotonicCalibrator | None, domain: DomainDescription | None) -> tuple[int, ...]:
+def required_layers(
+    calibrator: LogisticCalibrator | IsotonicCalibrator | None, domain: DomainDescription | None
+) -> tuple[int, ...]:
     """The hidden layers a calibrator and domain description read (what the scoring pass must keep)."""
     layers: set[int] = set()
     if isinstance(calibrator, LogisticCalibrator):
@@ -227,7 +235,9 @@ def required_layers(calibrator: LogisticCalibrator | IsotonicCalibrator | None, 
     return tuple(sorted(layers))
 
 
-def _hidden_inputs(result: ScoreResult, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], NDArray[np.float64]] | None:
+def _hidden_inputs(
+    result: ScoreResult, keys: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], NDArray[np.float64]] | None:
     out: dict[tuple[str, int], NDArray[np.float64]] = {}
     for pos, layer in keys:
         h = hidden_vector(result, pos, layer)

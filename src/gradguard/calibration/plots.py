@@ -12,7 +12,14 @@ from gradguard.calibration.metrics import aurc, risk_coverage_curve
 from gradguard.extras import require
 from gradguard.scores import FEATURES, SCORE_BY_NAME
 
-__all__ = ["plot_calibration", "plot_reliability", "plot_task_risk_coverage", "pyplot", "finish_risk_coverage", "save_figure"]
+__all__ = [
+    "plot_calibration",
+    "plot_reliability",
+    "plot_task_risk_coverage",
+    "pyplot",
+    "finish_risk_coverage",
+    "save_figure",
+]
 
 
 def pyplot() -> Any:
@@ -61,7 +68,7 @@ def plot_reliability(report: Any, path: str | os.PathLike[str], *, bins: int = 1
             ns.append(int(m.sum()))
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
     ax.plot(xs, ys, marker="o", color="black", label=f"task {cal.task.name} (ECE {cal.cv.ece:.3f})")
-    for x, yy, n in zip(xs, ys, ns):
+    for x, yy, n in zip(xs, ys, ns, strict=True):
         ax.annotate(str(n), (x, yy), textcoords="offset points", xytext=(4, -10), fontsize=7, color="dimgray")
     ax.set_ylabel("share of answers correct")
     ax.set_ylim(0, 1)

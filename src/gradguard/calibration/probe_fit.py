@@ -116,7 +116,7 @@ class ProbeConfig:
         if not self.blocks:
             probe = "no probe"
         else:
-            where = ", ".join(f"{p}@{l}" for p, l in self.blocks)
+            where = ", ".join(f"{p}@{layer}" for p, layer in self.blocks)
             probe = f"probe on {where} ({'whole' if self.pcs == 0 else f'{self.pcs} PCs each'})"
         return f"{len(self.features)} scalar features, {probe}, C={self.C:g}"
 
@@ -125,7 +125,7 @@ def candidate_configs(fs: FeatureSet, layers: Sequence[int], Cs: Sequence[float]
     """Every candidate of a feature set: no probe (when it has scalars), and each probe of :data:`PROBE_PCS`."""
     out = [ProbeConfig(fs.features, (), float(C), 0) for C in Cs] if fs.features else []
     if fs.probes and layers:
-        every = tuple((p, l) for p in PROBE_POSITIONS for l in layers)
+        every = tuple((p, layer) for p in PROBE_POSITIONS for layer in layers)
         for k in PROBE_PCS:
             out += [ProbeConfig(fs.features, every, float(C), k) for C in (WHOLE_CS if k == 0 else Cs)]
     return out
@@ -178,7 +178,7 @@ class _Fitted:
         parts = []
         if self.feature_idx:
             parts.append((data.X[:, self.feature_idx] - self.x_mean) / self.x_scale)
-        for (pos, layer), pca in zip(self.config.blocks, self.pcas):
+        for (pos, layer), pca in zip(self.config.blocks, self.pcas, strict=True):
             parts.append(pca.transform(data.block(pos, layer)))
         return np.hstack(parts)
 
@@ -190,12 +190,12 @@ class _Fitted:
         nf = len(self.feature_idx)
         probes = []
         offset = nf
-        for (pos, layer), pca in zip(self.config.blocks, self.pcas):
+        for (pos, layer), pca in zip(self.config.blocks, self.pcas, strict=True):
             k = pca.axes.shape[0]
             c = self.coef[offset : offset + k]
             offset += k
             weight = pca.axes.T @ (c / pca.scale)
-            probes.append(ProbeBlock(position=pos, layer=layer, mean=as_plain(pca.mean), weight=as_plain(weight)))  # type: ignore[arg-type]
+            probes.append(ProbeBlock(position=pos, layer=layer, mean=as_plain(pca.mean), weight=as_plain(weight)))
         return LogisticCalibrator(
             features=self.config.features,
             mean=as_plain(self.x_mean) if nf else (),
@@ -238,7 +238,9 @@ def fit_config(config: ProbeConfig, data: FitData, *, pca_cache: dict | None = N
     return fitted
 
 
-def _group_folds(groups: NDArray[np.int64], y: NDArray[np.float64], k: int, seed: int) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+def _group_folds(
+    groups: NDArray[np.int64], y: NDArray[np.float64], k: int, seed: int
+) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
     """Grouped, roughly class-balanced folds (no group on both sides)."""
     StratifiedGroupKFold = _sklearn("model_selection").StratifiedGroupKFold
 
@@ -349,7 +351,7 @@ def fit_domain(
         res_mean.append(rm)
         res_scale.append(rs if rs > 1e-12 else 1.0)
         residuals.append(res)
-    parts.append(np.column_stack([(r - m) / s_ for r, m, s_ in zip(residuals, res_mean, res_scale)]))
+    parts.append(np.column_stack([(r - m) / s_ for r, m, s_ in zip(residuals, res_mean, res_scale, strict=True)]))
     V = np.hstack(parts)
     precision = np.linalg.pinv(LedoitWolf().fit(V).covariance_)
     insample = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", V, precision, V), 0.0))
@@ -360,7 +362,7 @@ def fit_domain(
         features=tuple(features),
         mean=as_plain(mean),
         scale=as_plain(scale),
-        blocks=tuple((p, int(l)) for p, l in blocks),
+        blocks=tuple((p, int(layer)) for p, layer in blocks),
         hidden_mean=tuple(as_plain(m) for m in hmeans),
         components=tuple(as_plain(c) for c in comps),
         residual_mean=tuple(res_mean),

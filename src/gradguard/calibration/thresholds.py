@@ -126,7 +126,9 @@ def choose_threshold(
     binom = _stats().binom
 
     if not 0 < epsilon < 1:
-        raise InputError(f"epsilon={epsilon} must be in (0, 1): the tolerated error rate among accepted answers, e.g. 0.2")
+        raise InputError(
+            f"epsilon={epsilon} must be in (0, 1): the tolerated error rate among accepted answers, e.g. 0.2"
+        )
     if not 0 < delta < 1:
         raise InputError(f"delta={delta} must be in (0, 1): the allowed failure probability, e.g. 0.1")
     if starts < 1:

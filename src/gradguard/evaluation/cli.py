@@ -9,7 +9,6 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-
 __all__ = ["register", "main"]
 
 
@@ -52,7 +51,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``eval`` to a parent CLI (the parser sets ``func``)."""
     from gradguard.calibration.cli import add_generation_arguments
 
@@ -66,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     add_generation_arguments(p)
     p.add_argument("--n", type=int, default=None, help="use N questions (default all)")
-    p.add_argument("--shuffle-seed", type=int, default=None, help="shuffle the questions with this seed before taking N")
+    p.add_argument(
+        "--shuffle-seed", type=int, default=None, help="shuffle the questions with this seed before taking N"
+    )
     p.add_argument("--out", default="gradguard-eval", help="output folder (default ./gradguard-eval)")
     p.add_argument("--cache", default=None, help="per-question cache folder (default OUT/cache)")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the AUROC interval")

@@ -145,7 +145,9 @@ def method_confidences(records: Sequence[CachedRecord], method: str, calibration
     return out
 
 
-def _metrics(name: str, conf: NDArray[np.float64], y: NDArray[np.int64], n_boot: int, seed: int, note: str = "") -> MethodMetrics:
+def _metrics(
+    name: str, conf: NDArray[np.float64], y: NDArray[np.int64], n_boot: int, seed: int, note: str = ""
+) -> MethodMetrics:
     return MethodMetrics(
         method=name,
         auroc=auroc(conf, y),
@@ -228,7 +230,7 @@ def evaluate_records(
     declined = {id(r): task.declined(r.result.response) for r in answered}  # type: ignore[union-attr]
     unanswerable = [r for r in answered if r.is_impossible]
     answerable = [r for r in answered if not r.is_impossible]
-    y_by_id = {id(r): int(v) for r, v in zip(records, y)}
+    y_by_id = {id(r): int(v) for r, v in zip(records, y, strict=True)}
     return EvalSummary(
         n=len(records),
         n_correct=int(y.sum()),
@@ -286,7 +288,7 @@ def result_rows(records: Sequence[CachedRecord], task: Task, *, calibration: Any
     """One JSON-ready dict per question: question, gold answers, answer, label, scores, confidence."""
     y = judge_records(records, task)
     rows = []
-    for r, c in zip(records, y):
+    for r, c in zip(records, y, strict=True):
         res = r.result
         row: dict[str, Any] = {
             "index": r.index,
@@ -377,7 +379,7 @@ def write_report(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> tuple[EvalSummary, dict[str, Path]]:
-    """Evaluate and write ``results.jsonl``, ``summary.json``, ``table.txt`` and ``risk_coverage.png`` into ``out_dir``."""
+    """Evaluate; write ``results.jsonl``, ``summary.json``, ``table.txt`` and ``risk_coverage.png`` into ``out_dir``."""
     task = task or builtin_task("closed-qa")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

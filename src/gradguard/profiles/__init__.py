@@ -9,6 +9,7 @@ scikit-learn; SPS building and plotting live in :mod:`gradguard.profiles.build` 
 :mod:`gradguard.profiles.plot`.
 """
 
+from gradguard.profiles.compat import check_compatible
 from gradguard.profiles.errors import (
     CalibrationMissingError,
     ProfileError,
@@ -17,6 +18,7 @@ from gradguard.profiles.errors import (
     ProfileWarning,
 )
 from gradguard.profiles.fingerprint import chat_template_fingerprint
+from gradguard.profiles.io import load_profile, profile_json, save_profile
 from gradguard.profiles.lookup import (
     FAMILY_DEFAULTS,
     builtin_profile_names,
@@ -25,8 +27,6 @@ from gradguard.profiles.lookup import (
     manual_profile,
     resolve_profile,
 )
-from gradguard.profiles.compat import check_compatible
-from gradguard.profiles.io import load_profile, profile_json, save_profile
 from gradguard.profiles.schema import SCHEMA_VERSION, Profile, TaskCalibration
 from gradguard.profiles.summary import profile_summary
 

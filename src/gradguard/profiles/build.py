@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gradguard.errors import InputError
 from gradguard.data import DEFAULT_SYSTEM_PROMPT, file_sha256, load_paraphrase_groups
-from gradguard.profiles.fingerprint import chat_template_fingerprint
+from gradguard.errors import InputError
 from gradguard.profiles.compat import model_dims
+from gradguard.profiles.fingerprint import chat_template_fingerprint
 from gradguard.profiles.schema import Profile, SPSData, SPSMatrix
 from gradguard.profiles.sps import SPSResult, compute_sps, top_half
 
@@ -77,7 +77,7 @@ def profile_from_sps(
     offset = sps.best_offset()
     span = choose_layer_span(sps, offset, span_rule)
     name = model_id or getattr(model, "name_or_path", None) or str(model_type)
-    means = dict(zip(sps.offsets, sps.top_half_mean()))
+    means = dict(zip(sps.offsets, sps.top_half_mean(), strict=True))
     return Profile(
         name=str(name),
         kind="measured",

@@ -11,16 +11,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-
 __all__ = ["register", "main", "load_model_source"]
 
 
 def load_model_source(source: str | None) -> tuple[Any, Any, str]:
     """``(model, tokenizer, name)`` through gradguard's loader (None = the embedded default model)."""
-    try:
-        from gradguard import load_model  # type: ignore[attr-defined]
-    except ImportError:  # before the top-level package exports it
-        from gradguard.loading import load_model
+    from gradguard.loading import load_model
+
     return load_model(source)
 
 
@@ -92,12 +89,14 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
         return 0
     for r in results:
         head = f"epsilon={r.epsilon:g} delta={r.delta:g}: "
-        print(head + (f"threshold {r.threshold:.3f}, coverage {r.expected_coverage:.1%}" if r.feasible else "infeasible"))
+        print(
+            head + (f"threshold {r.threshold:.3f}, coverage {r.expected_coverage:.1%}" if r.feasible else "infeasible")
+        )
         print("  " + r.message)
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``profile`` (with ``build``, ``show``, ``threshold``) to a parent CLI; each leaf sets ``func``."""
     from gradguard.data import DEFAULT_SYSTEM_PROMPT
 
@@ -115,7 +114,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     b.add_argument("--queries", type=int, default=200, help="number of queries to use (default 200)")
     b.add_argument("--offsets", type=int, default=8, help="prompt positions K measured from the end (default 8)")
     b.add_argument("--max-paraphrases", type=int, default=None, help="keep at most this many paraphrases per query")
-    b.add_argument("--span", choices=["top-half", "band"], default="top-half", help="layer-span rule (default top-half)")
+    b.add_argument(
+        "--span", choices=["top-half", "band"], default="top-half", help="layer-span rule (default top-half)"
+    )
     b.add_argument(
         "--system-prompt",
         default=DEFAULT_SYSTEM_PROMPT,

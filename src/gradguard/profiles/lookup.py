@@ -27,9 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gradguard.profiles.compat import check_compatible, model_dims
 from gradguard.profiles.errors import ProfileError, ProfileNotFoundError, ProfileWarning
 from gradguard.profiles.fingerprint import chat_template_fingerprint, template_text
-from gradguard.profiles.compat import check_compatible, model_dims
 from gradguard.profiles.io import load_profile, profile_from_dict
 from gradguard.profiles.schema import Profile
 
@@ -96,7 +96,9 @@ def user_profiles() -> list[Profile]:
     for folder in filter(None, os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep)):
         path = Path(folder).expanduser()
         if not path.is_dir():
-            warnings.warn(f"{PROFILE_PATH_ENV} names {folder!r}, which is not a folder; ignored", ProfileWarning, stacklevel=2)
+            warnings.warn(
+                f"{PROFILE_PATH_ENV} names {folder!r}, which is not a folder; ignored", ProfileWarning, stacklevel=2
+            )
             continue
         for file in sorted(path.glob("*.json")):
             try:
@@ -167,7 +169,11 @@ def resolve_profile(
         return chosen
 
     model_type, num_layers, hidden = model_dims(model)
-    ident = model_id or getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    ident = (
+        model_id
+        or getattr(model, "name_or_path", None)
+        or getattr(getattr(model, "config", None), "_name_or_path", None)
+    )
     measured = [p for p in (*user_profiles(), *builtin_profiles().values()) if p.kind != "family-default"]
 
     for p in measured:
@@ -202,7 +208,8 @@ def resolve_profile(
     raise ProfileNotFoundError(
         f"no profile applies to {name!r} ({reason}, and no measured profile matches its id or chat template); "
         f"build one with `gradguard profile build --model {name} --paraphrases PARAPHRASES.jsonl --out PROFILE.json` "
-        f"and pass it (profile=PROFILE.json), put it in a folder listed in ${PROFILE_PATH_ENV}, or pass spt_offset explicitly"
+        f"and pass it (profile=PROFILE.json), put it in a folder listed in ${PROFILE_PATH_ENV}, "
+        "or pass spt_offset explicitly"
     )
 
 

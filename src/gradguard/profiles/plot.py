@@ -38,7 +38,9 @@ def plot_sps(
         if source.sps is None:
             from gradguard.profiles.errors import ProfileError
 
-            raise ProfileError(f"profile {source.name!r} has no SPS matrix to plot; build it with `gradguard profile build`")
+            raise ProfileError(
+                f"profile {source.name!r} has no SPS matrix to plot; build it with `gradguard profile build`"
+            )
         m = source.sps
         title = title or f"SPS — {source.name}"
         layer_span = layer_span or source.layer_span
@@ -56,7 +58,9 @@ def plot_sps(
         2, 1, figsize=(1.0 + 0.75 * K, 7.0), gridspec_kw={"height_ratios": [5, 1]}, sharex=True
     )
     vmax = float(np.nanmax(np.abs(vals))) or 1.0
-    im = ax.imshow(vals, origin="lower", aspect="auto", cmap="viridis", vmin=min(0.0, float(np.nanmin(vals))), vmax=vmax)
+    im = ax.imshow(
+        vals, origin="lower", aspect="auto", cmap="viridis", vmin=min(0.0, float(np.nanmin(vals))), vmax=vmax
+    )
     fig.colorbar(im, ax=[ax, axm], label="SPS = within − across", fraction=0.04, pad=0.02)
     for x, k in enumerate(offs):
         if k not in m.candidate_offsets:
@@ -71,12 +75,14 @@ def plot_sps(
     ax.set_title(title or "SPS")
 
     means = np.asarray(m.top_half_mean)[order]
-    colors = ["red" if k == m.chosen_offset else ("tab:blue" if k in m.candidate_offsets else "lightgrey") for k in offs]
+    colors = [
+        "red" if k == m.chosen_offset else ("tab:blue" if k in m.candidate_offsets else "lightgrey") for k in offs
+    ]
     axm.bar(range(K), means, color=colors)
     axm.axhline(0, color="black", lw=0.5)
     axm.set_ylabel("top-half\nmean")
     axm.set_xticks(range(K))
-    axm.set_xticklabels([f"{k}\n{t!r}"[:24] for k, t in zip(offs, toks)], fontsize=8)
+    axm.set_xticklabels([f"{k}\n{t!r}"[:24] for k, t in zip(offs, toks, strict=True)], fontsize=8)
     axm.set_xlabel("offset k from the end of the prompt (token)")
     note = f"chosen k={m.chosen_offset} (red), hatched: before the end of the user's text"
     if reference_offset is not None:

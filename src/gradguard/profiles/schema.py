@@ -112,7 +112,9 @@ class SPSMatrix(_Tolerant):
     candidate_offsets: tuple[int, ...] = Field(
         ..., description="Offsets from the last token of the user's content to the end of the prompt."
     )
-    top_half_mean: tuple[float, ...] = Field(..., description="SPS averaged over the top half of the layers, per offset.")
+    top_half_mean: tuple[float, ...] = Field(
+        ..., description="SPS averaged over the top half of the layers, per offset."
+    )
     chosen_offset: int
     data: SPSData
 
@@ -187,7 +189,9 @@ class TaskCalibration(_Tolerant):
     ablation: dict[str, CVFigures] = Field(default_factory=dict)
     baselines_auroc: dict[str, float | None] = Field(default_factory=dict)
     gains: dict[str, AurocGain] = Field(default_factory=dict)
-    domain_fire_rate: float | None = Field(None, description="Held-out share of this task's answers flagged out of domain.")
+    domain_fire_rate: float | None = Field(
+        None, description="Held-out share of this task's answers flagged out of domain."
+    )
     holdout_confidence: tuple[float, ...]
     holdout_correct: tuple[int, ...]
 
@@ -214,7 +218,9 @@ class Profile(_Tolerant):
 
     schema_version: int = SCHEMA_VERSION
     gradguard_version: str = Field(default_factory=library_version)
-    name: str = Field(..., min_length=1, description="Short label reported in results, e.g. a model id or 'family:qwen2'.")
+    name: str = Field(
+        ..., min_length=1, description="Short label reported in results, e.g. a model id or 'family:qwen2'."
+    )
     kind: Literal["measured", "family-default", "manual"]
     model_id: str | None = None
     model_type: str
@@ -222,7 +228,9 @@ class Profile(_Tolerant):
     hidden_size: int | None = Field(None, ge=1)
     chat_template_fingerprint: str | None = None
     spt_offset: int = Field(..., le=-1, description="Semantic-preserving offset k (negative) from the prompt's end.")
-    layer_span: tuple[int, int] | None = Field(None, description="Half-open decoder-layer range [start, stop); None = top half.")
+    layer_span: tuple[int, int] | None = Field(
+        None, description="Half-open decoder-layer range [start, stop); None = top half."
+    )
     anchor_token: str | None = Field(None, description="The token expected at spt_offset (checked when resolving).")
     template_marker: str | None = Field(
         None, description="Family defaults: text the chat template must contain for the default to apply."

@@ -32,10 +32,10 @@ import torch
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from gradguard.errors import InputError
 from gradguard.data import qa_messages
-from gradguard.profiles.errors import ProfileWarning
+from gradguard.errors import InputError
 from gradguard.profiles.compat import model_dims
+from gradguard.profiles.errors import ProfileWarning
 
 __all__ = ["SPSResult", "compute_sps", "templated_prompt", "top_half"]
 

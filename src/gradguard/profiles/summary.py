@@ -26,7 +26,7 @@ def profile_summary(profile: Profile) -> str:
     if p.sps is not None:
         cells = ", ".join(
             f"{k}{'*' if k == p.spt_offset else ''}={m:.4f}"
-            for k, m in zip(p.sps.offsets, p.sps.top_half_mean)
+            for k, m in zip(p.sps.offsets, p.sps.top_half_mean, strict=True)
             if k in p.sps.candidate_offsets
         )
         lines.append(f"  SPS (top-half mean) over {p.sps.data.n_queries} queries: {cells}")

@@ -58,7 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p_resolve.set_defaults(func=_cmd_resolve)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``review`` command (with ``list``, ``show``, ``resolve``) to a top-level CLI."""
     parser = subparsers.add_parser(
         "review", help="list and resolve answers held for human review", description=_DESCRIPTION

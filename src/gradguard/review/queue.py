@@ -11,7 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gradguard.review.errors import ReviewInputError
 
-__all__ = ["ReviewItem", "ReviewQueue", "ReviewStatus", "Verdict", "REVIEW_STATUSES", "VERDICTS", "check_verdict", "check_status"]
+__all__ = [
+    "ReviewItem",
+    "ReviewQueue",
+    "ReviewStatus",
+    "Verdict",
+    "REVIEW_STATUSES",
+    "VERDICTS",
+    "check_verdict",
+    "check_status",
+]
 
 #: The status of a review item: pending until a reviewer gives a verdict.
 ReviewStatus = Literal["pending", "approved", "rejected", "edited"]
@@ -37,7 +46,8 @@ class ReviewItem(BaseModel):
     status: ReviewStatus = "pending"
     verdict_note: str | None = None
     resolved_answer: str | None = Field(
-        None, description="The answer to use: the original when approved, the reviewer's when edited, None when rejected."
+        None,
+        description="The answer to use: the original when approved, the reviewer's when edited, None when rejected.",
     )
     resolved_at: datetime | None = None
 

@@ -12,12 +12,16 @@ import base64
 import functools
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gradguard.calibration.harness import CachedRecord
 from gradguard.result import HIDDEN_POSITIONS
 from gradguard.testing.results import make_score_result
+
+if TYPE_CHECKING:
+    from gradguard.profiles.schema import TaskCalibration
 
 __all__ = ["synthetic_records", "make_task_calibration", "SYNTHETIC_LAYERS"]
 
@@ -88,7 +92,7 @@ def synthetic_records(
 
 
 @functools.lru_cache(maxsize=8)
-def make_task_calibration(task: str = "closed-qa", *, n: int = 240, seed: int = 0, d: int = 32):  # type: ignore[no-untyped-def]
+def make_task_calibration(task: str = "closed-qa", *, n: int = 240, seed: int = 0, d: int = 32) -> TaskCalibration:
     """A :class:`~gradguard.profiles.schema.TaskCalibration` fitted on :func:`synthetic_records` (cached)."""
     from gradguard.calibration.fit import fit_task_calibration
     from gradguard.tasks import BUILTIN_TASKS

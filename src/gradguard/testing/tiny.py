@@ -47,7 +47,8 @@ _TEMPLATES: dict[str, dict[str, Any]] = {
         "pad": "</s>",
         "template": (
             "<s>{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }}[/INST]"
-            "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>{% else %}{{ m['content'] }}\n\n{% endif %}{% endfor %}"
+            "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>"
+            "{% else %}{{ m['content'] }}\n\n{% endif %}{% endfor %}"
         ),
     },
     "gemma2": {
@@ -134,7 +135,8 @@ def make_tiny_model(
     # Random init gives near-uniform predictions; sharpen the LM head so entropies vary.
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(8.0)
-    model = model.to(dtype).eval()
+    # transformers types PreTrainedModel.to through functools.wraps(nn.Module.to), which mypy misreads
+    model = model.to(dtype).eval()  # type: ignore[arg-type]
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok
