@@ -156,7 +156,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every available sub-command."""
+    """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="gradguard", description="Gradient-based uncertainty for local chat models.")
     sub = parser.add_subparsers(dest="command", required=True)
     ask = sub.add_parser("ask", help="generate an answer and score it")
@@ -170,13 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(score)
     score.set_defaults(func=_cmd_score)
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue  # that part of gradguard is not present
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

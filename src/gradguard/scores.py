@@ -44,7 +44,6 @@ __all__ = [
     "FEATURES",
     "GRADIENT_FEATURES",
     "TOKEN_FEATURES",
-    "feature_name",
     "feature_value",
 ]
 
@@ -140,11 +139,6 @@ FEATURES: tuple[str, ...] = tuple(_BY_FEATURE)
 #: The gradient features, and the token-statistic features (length included), for the ablation.
 GRADIENT_FEATURES: tuple[str, ...] = tuple(s.feature for s in SCORES if s.group == "gradient")
 TOKEN_FEATURES: tuple[str, ...] = tuple(s.feature for s in SCORES if s.group != "gradient")
-
-
-def feature_name(score: str) -> str:
-    """The calibration feature made from score ``score``."""
-    return SCORE_BY_NAME[score].feature
 
 
 def feature_value(result: Any, feature: str) -> float:

@@ -72,7 +72,6 @@ class FitReport:
     y: NDArray[np.float64]
     features: NDArray[np.float64]
     raw_auroc: dict[str, float]
-    heldout_distances: NDArray[np.float64]
 
 
 def fit_data_from_records(
@@ -188,7 +187,6 @@ def fit_task_calibration(
 
     domain = None
     fire_rate = None
-    heldout = np.zeros(0)
     if probes:
         step("domain description")
         block_layer = final_cfg.blocks[0][1] if final_cfg.blocks else data.layers[len(data.layers) // 2]
@@ -236,4 +234,4 @@ def fit_task_calibration(
         holdout_confidence=tuple(round(float(v), 6) for v in shipped.oof),
         holdout_correct=tuple(int(v) for v in y),
     )
-    return FitReport(calibration=cal, ablation=results, y=y, features=data.X, raw_auroc=raw, heldout_distances=heldout)
+    return FitReport(calibration=cal, ablation=results, y=y, features=data.X, raw_auroc=raw)

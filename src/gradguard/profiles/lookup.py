@@ -109,14 +109,9 @@ def user_profiles() -> list[Profile]:
 
 
 def _prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    try:
-        from gradguard.prompting import template_prompt
+    from gradguard.prompting import template_prompt  # imports transformers: only when a tokenizer is at hand
 
-        return template_prompt(tokenizer, messages)
-    except ImportError:  # pragma: no cover - the scorer package is always present in releases
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = out["input_ids"] if isinstance(out, Mapping) else out
-        return [int(i) for i in ids]
+    return template_prompt(tokenizer, messages)
 
 
 def token_at_offset(tokenizer: Any, offset: int, messages: list[dict[str, str]] | None = None) -> str | None:

@@ -42,21 +42,10 @@ SCHEMA_VERSION = 2
 
 
 def library_version() -> str:
-    """The installed gradguard version (``"unknown"`` when it cannot be determined)."""
-    try:
-        import gradguard
+    """The installed gradguard version."""
+    from gradguard._version import __version__
 
-        version = getattr(gradguard, "__version__", None)
-        if version:
-            return str(version)
-    except Exception:  # pragma: no cover - partially initialised package
-        pass
-    try:
-        from importlib.metadata import version as _v
-
-        return _v("gradguard")
-    except Exception:
-        return "unknown"
+    return __version__
 
 
 class _Tolerant(BaseModel):
