@@ -123,7 +123,7 @@ def test_unusable_settings_fail_before_any_scoring(
 ) -> None:
     out = setup["tmp"] / "rejected.json"
     assert main(_args(setup, out, *extra)) == 2
-    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("gradguard:") or "Traceback" in l]
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("gradguard:") or "Traceback" in x]
     assert len(lines) == 1 and lines[0].startswith("gradguard: error: "), lines  # one line, no traceback
     assert re.search(message, lines[0]), lines[0]
     assert not out.exists()

@@ -47,7 +47,9 @@ def test_explicit_offset_falls_back_on_a_chat_template_mismatch(
     tiny: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, tok = tiny
-    save_profile(make_tiny_profile(tok, model_id="test/drifted", chat_template_fingerprint="sha256:other"), tmp_path / "p.json")
+    save_profile(
+        make_tiny_profile(tok, model_id="test/drifted", chat_template_fingerprint="sha256:other"), tmp_path / "p.json"
+    )
     monkeypatch.setenv(PROFILE_PATH_ENV, str(tmp_path))
     with pytest.raises(ProfileMismatchError, match="chat template"):
         GradScorer(model, tok, model_name="test/drifted")

@@ -116,7 +116,9 @@ class LinearLM(torch.nn.Module):
         return SimpleNamespace(logits=self.lm_head(out.last_hidden_state), hidden_states=out.hidden_states)
 
 
-def hand_scores(model: LinearLM, prompt: list[int], response: list[int], s: int, span: tuple[int, int]) -> dict[str, Any]:
+def hand_scores(
+    model: LinearLM, prompt: list[int], response: list[int], s: int, span: tuple[int, int]
+) -> dict[str, Any]:
     """Everything by hand in float64 numpy (the formulas in the module docstring)."""
     E = model.model.embed_tokens.weight.detach().double().numpy()
     A = [layer.a.detach().double().numpy() for layer in model.model.layers]
@@ -126,9 +128,9 @@ def hand_scores(model: LinearLM, prompt: list[int], response: list[int], s: int,
     n, P, T = len(x), len(prompt), len(response)
     h = [E[x]]
     counts = np.arange(1, n + 1)[:, None]
-    for l in range(L):
-        mean = np.cumsum(h[l], axis=0) / counts
-        h.append(h[l] + h[l] @ A[l].T + mean @ C[l].T)
+    for j in range(L):
+        mean = np.cumsum(h[j], axis=0) / counts
+        h.append(h[j] + h[j] @ A[j].T + mean @ C[j].T)
     u = h[L]
     delta = np.zeros((n, V))
     entropy, nll = [], []
@@ -143,14 +145,14 @@ def hand_scores(model: LinearLM, prompt: list[int], response: list[int], s: int,
         delta[i] = (H / T) * (p - np.eye(V)[y])
     g = [np.zeros((n, D)) for _ in range(L + 1)]
     g[L] = delta @ W
-    for l in range(L - 1, -1, -1):
-        later = np.cumsum((g[l + 1] / counts)[::-1], axis=0)[::-1]  # Σ_{i≥j} g_{l+1}[i] / (i+1)
-        g[l] = g[l + 1] @ (np.eye(D) + A[l]) + later @ C[l]
+    for j in range(L - 1, -1, -1):
+        later = np.cumsum((g[j + 1] / counts)[::-1], axis=0)[::-1]  # Σ_{i≥j} g_{l+1}[i] / (i+1)
+        g[j] = g[j + 1] @ (np.eye(D) + A[j]) + later @ C[j]
     start, stop = span
     head = delta.T @ u  # Σ_i δ_i ⊗ u_i, V×d
     return {
         "g": g,
-        "semgrad": sum(np.abs(g[l][s]).sum() for l in range(start, stop)) / ((stop - start) * D),
+        "semgrad": sum(np.abs(g[j][s]).sum() for j in range(start, stop)) / ((stop - start) * D),
         "paragrad": np.abs(head).sum() / (V * D),
         "entropy": entropy,
         "nll": nll,
@@ -167,12 +169,12 @@ def test_the_hand_model_is_causal_and_its_gradient_depends_on_position_layer_and
     ref = hand_scores(model, PROMPT, RESPONSES[0], S, SPAN)
     g, start, stop = ref["g"], *SPAN
     others = [
-        sum(np.abs(g[l][S - 1]).sum() for l in range(start, stop)) / ((stop - start) * D),  # position s − 1
-        sum(np.abs(g[l][S + 1]).sum() for l in range(start, stop)) / ((stop - start) * D),  # position s + 1
-        sum(np.abs(g[l][S]).sum() for l in range(0, stop)) / (stop * D),  # all layers
+        sum(np.abs(g[j][S - 1]).sum() for j in range(start, stop)) / ((stop - start) * D),  # position s − 1
+        sum(np.abs(g[j][S + 1]).sum() for j in range(start, stop)) / ((stop - start) * D),  # position s + 1
+        sum(np.abs(g[j][S]).sum() for j in range(0, stop)) / (stop * D),  # all layers
         np.abs(g[L][S]).sum() / D,  # the final output
-        sum(np.linalg.norm(g[l][S]) for l in range(start, stop)) / ((stop - start) * D),  # L2 norm
-        sum(np.abs(g[l][S]).sum() for l in range(start, stop)) / D,  # sum over layers, not mean
+        sum(np.linalg.norm(g[j][S]) for j in range(start, stop)) / ((stop - start) * D),  # L2 norm
+        sum(np.abs(g[j][S]).sum() for j in range(start, stop)) / D,  # sum over layers, not mean
     ]
     for other in others:
         assert other != pytest.approx(ref["semgrad"], rel=1e-3)
@@ -200,7 +202,7 @@ def test_fast_path_semgrad_equals_the_closed_form(model: LinearLM, cache_kind: s
     elif cache_kind == "whole sequence":
         cache = prefill(model, PROMPT + RESPONSES[0][:-1])  # type: ignore[arg-type]
     raws = fast_scores(model, PROMPT, RESPONSES, S, SPAN, cache=cache)  # type: ignore[arg-type]
-    for raw, response in zip(raws, RESPONSES):
+    for raw, response in zip(raws, RESPONSES, strict=True):
         hand = hand_scores(model, PROMPT, response, S, SPAN)
         assert raw.semgrad == pytest.approx(hand["semgrad"], rel=1e-5)
         assert raw.paragrad == pytest.approx(hand["paragrad"], rel=1e-5)

@@ -100,7 +100,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     model = getattr(scorer, "model", None)
     n_layers = len(decoder_layers(model)) if model is not None else None
     layers = tuple(args.hidden_layers or (default_probe_layers(n_layers) if n_layers is not None else ()))
-    if n_layers is not None and any(not 0 <= l <= n_layers for l in layers):
+    if n_layers is not None and any(not 0 <= layer <= n_layers for layer in layers):
         raise InputError(
             f"--hidden-layers {list(layers)}: the model has {n_layers} decoder layers, so a probe layer must lie in "
             f"[0, {n_layers}] ({n_layers} = the final normed output); pass layers in that range"
@@ -154,7 +154,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if stale:
         print(
             f"note: the calibrations of {', '.join(stale)} in {out} were fitted at other settings than "
-            f"spt_offset={new.spt_offset}, layer_span={span}; they give no confidence at these settings (recalibrate them)"
+            f"spt_offset={new.spt_offset}, layer_span={span}; they give no confidence at these settings "
+            "(recalibrate them)"
         )
     return 0
 
@@ -170,7 +171,9 @@ def _validated(data: dict[str, Any], what: str) -> Any:
         return Profile.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'profile'}: {e['msg']}" for e in exc.errors())
-        raise ProfileError(f"{what} is not a valid profile ({problems}); change --spt-offset/--layer-span or --profile") from None
+        raise ProfileError(
+            f"{what} is not a valid profile ({problems}); change --spt-offset/--layer-span or --profile"
+        ) from None
 
 
 def _base_profile(profile: Any, scorer: Any, *, overridden: bool) -> Any:
