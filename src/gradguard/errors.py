@@ -12,6 +12,7 @@ __all__ = [
     "InputError",
     "ContextLengthError",
     "MissingExtraError",
+    "GenerationCancelled",
 ]
 
 
@@ -58,3 +59,7 @@ class MissingExtraError(GradguardError, ImportError):
         super().__init__(message, name=name)
         self.package = package
         self.extra = extra
+
+
+class GenerationCancelled(GradguardError):
+    """Generation was cancelled (the ``cancel`` event was set), so nothing was scored and the model is free."""

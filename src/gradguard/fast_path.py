@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from gradguard.errors import InputError
 from gradguard.head_gradient import head_gradients, token_stats
 from gradguard.result import HiddenStates
 
@@ -40,6 +41,8 @@ class RawScores:
     entropy: list[float]
     nll: list[float]
     hidden: HiddenStates | None = None
+    #: Per response token, the k most likely ``(token_id, log p)`` pairs (when asked for), most likely first.
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
@@ -159,6 +162,12 @@ def _graph_from_layer(layers: torch.nn.ModuleList, start: int, stop: int, captur
             handle.remove()
 
 
+def _top_logprobs(log_probs: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
+    """The ``k`` most likely ``(token_id, log p)`` pairs of each row of ``log_probs`` (T, V), most likely first."""
+    values, indices = log_probs.topk(min(k, log_probs.shape[-1]), dim=-1)
+    return [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
+
+
 def fast_scores(
     model: PreTrainedModel,
     prompt_ids: Sequence[int],
@@ -167,12 +176,15 @@ def fast_scores(
     layer_span: tuple[int, int],
     cache: DynamicCache | None = None,
     hidden_layers: Sequence[int] = (),
+    top_logprobs: int = 0,
 ) -> list[RawScores]:
     """Score several non-empty responses to one prompt in one batch.
 
     ``hidden_layers`` (indices ``0 … L``; ``L`` = the final normed output) selects hidden states
     this pass computes anyway to return in :attr:`RawScores.hidden` (see :class:`HiddenStates`);
-    they cost no extra forward pass. ``cache``, if given, holds at least the first ``spt_position`` prompt positions (batch 1,
+    they cost no extra forward pass. ``top_logprobs=k`` also returns the ``k`` most likely tokens at
+    each response position, read from the log-softmax this pass computes for the NLL and entropy.
+    ``cache``, if given, holds at least the first ``spt_position`` prompt positions (batch 1,
     or batch ``len(responses)`` with identical prefixes, as ``generate`` returns); it is
     consumed. Without one the prefix is prefilled here without a graph.
     """
@@ -203,7 +215,10 @@ def fast_scores(
     hidden_layers = tuple(int(l) for l in hidden_layers)
     bad = [l for l in hidden_layers if not 0 <= l <= len(layers)]
     if bad:
-        raise ValueError(f"hidden_layers {bad} are outside [0, {len(layers)}] (layer {len(layers)} is the final output)")
+        raise InputError(
+            f"hidden_layers {bad} are outside [0, {len(layers)}] (layer {len(layers)} is the final output); "
+            f"keep only layers in that range"
+        )
     layer_inputs: dict[int, torch.Tensor] = {}
     captured: list[torch.Tensor] = []
     grad_mode = torch.is_grad_enabled()
@@ -224,6 +239,7 @@ def fast_scores(
     first = len(tail) - 1  # segment index that predicts the first response token
     grad_u = torch.zeros_like(u)
     heads = []
+    tops: list[list[list[tuple[int, float]]] | None] = []
     with torch.no_grad():
         for b, resp in enumerate(responses):
             n_tokens = len(resp)
@@ -233,6 +249,7 @@ def fast_scores(
             head = head_gradients(u_b, weight, targets, stats, cap)
             grad_u[b, first : first + n_tokens] = head.grad_u
             heads.append((stats, head))
+            tops.append(_top_logprobs(stats.log_probs, top_logprobs) if top_logprobs else None)
     grads = torch.autograd.grad(u, captured, grad_outputs=grad_u)
     n_layers, width_d = stop - start, u.shape[-1]
     vocab = weight.shape[0]
@@ -247,6 +264,7 @@ def fast_scores(
                 entropy=stats.entropy.tolist(),
                 nll=stats.nll.tolist(),
                 hidden=_hidden_states(layer_inputs, u, hidden_layers, b, first, len(responses[b])) if hidden_layers else None,
+                top_logprobs=tops[b],
             )
         )
     del grads, u, captured, cropped, grad_u, layer_inputs

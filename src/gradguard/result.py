@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -132,6 +132,18 @@ class ScoreResult(BaseModel):
     profile: str | None = None
     hidden: HiddenStates | None = Field(
         None, exclude=True, repr=False, description="Hidden states the scoring pass kept for a calibration probe."
+    )
+    finish_reason: Literal["stop", "length"] | None = Field(
+        None,
+        description="Why generation ended: 'length' when max_new_tokens ran out before an end-of-turn token or a stop "
+        "string, else 'stop'; None for a given (not generated) response.",
+    )
+    top_logprobs: list[list[tuple[int, float]]] | None = Field(
+        None,
+        exclude=True,
+        repr=False,
+        description="Per response token, the k most likely (token_id, log-probability) pairs of the distribution that "
+        "predicted it, most likely first (when asked for with top_logprobs=k; from the scoring pass). Not in JSON.",
     )
 
     @property

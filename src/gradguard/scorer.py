@@ -11,13 +11,14 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 from gradguard.calibration.model import predict, required_layers
-from gradguard.errors import ContextLengthError, InputError, UnsupportedModelError
+from gradguard.errors import ContextLengthError, GenerationCancelled, InputError, UnsupportedModelError
 from gradguard.fast_path import RawScores, decoder_layers, fast_scores
 from gradguard.loading import load_model
 from gradguard.oracle import oracle_scores
@@ -51,6 +52,49 @@ def combine_scores(raw: RawScores) -> dict[str, float]:
 _NAN_SCORES = dict.fromkeys(
     ("semgrad", "paragrad", "exgrad", "hybridgrad", "alpha", "mean_entropy", "g_nll", "mean_nll", "max_nll"), math.nan
 )
+
+
+FinishReason = Literal["stop", "length"]
+
+#: The most alternatives per token ``top_logprobs`` may ask for (OpenAI's limit).
+MAX_TOP_LOGPROBS = 20
+
+
+def _check_top_logprobs(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_TOP_LOGPROBS:
+        raise InputError(
+            f"top_logprobs={k!r}: pass an integer from 0 (none) to {MAX_TOP_LOGPROBS} alternatives per token"
+        )
+    return int(k)
+
+
+def _check_stop(stop: Any, extra: Any = None) -> tuple[str, ...]:
+    """The non-empty stop strings of ``stop`` (and of a ``stop_strings`` generate argument), in order."""
+    out: list[str] = []
+    for group in (stop, extra):
+        if group is None:
+            continue
+        items = [group] if isinstance(group, str) else group
+        try:
+            items = list(items)
+        except TypeError:
+            raise InputError(f"stop={group!r} is not a list of strings; pass e.g. stop=['\\n\\n']") from None
+        for s in items:
+            if not isinstance(s, str):
+                raise InputError(f"stop string {s!r} is a {type(s).__name__}, not a string; pass e.g. stop=['\\n\\n']")
+            if s and s not in out:
+                out.append(s)
+    return tuple(out)
+
+
+class _CancelCriteria(StoppingCriteria):
+    """Stops every sequence at the next token once ``event`` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 class GradScorer:
@@ -250,9 +294,14 @@ class GradScorer:
         text: str | None = None,
         task: str | None = None,
         cal: TaskCalibration | None = None,
+        finish_reason: FinishReason | None = None,
+        top_logprobs: int = 0,
     ) -> ScoreResult:
         scores = combine_scores(raw) if raw is not None else _NAN_SCORES
         logprobs = tuple(-x for x in raw.nll) if raw is not None else ()
+        top = None
+        if top_logprobs:
+            top = raw.top_logprobs if raw is not None and raw.top_logprobs is not None else []
         result = ScoreResult(
             **scores,
             n_response_tokens=len(response_ids),
@@ -270,6 +319,8 @@ class GradScorer:
             model=self.model_name,
             profile=self.profile.name,
             task=task or self.task,
+            finish_reason=finish_reason,
+            top_logprobs=top,
         )
         update: dict[str, Any] = {}
         if cal is not None:
@@ -294,21 +345,31 @@ class GradScorer:
             update["hidden"] = None  # the probe has read them; keep results small
         return result.model_copy(update=update) if update else result
 
-    def score(self, messages: Messages, response: str | Sequence[int], *, task: str | None = None) -> ScoreResult:
+    def score(
+        self, messages: Messages, response: str | Sequence[int], *, task: str | None = None, top_logprobs: int = 0
+    ) -> ScoreResult:
         """Score ``response`` (text or token ids) as the answer to ``messages`` (teacher-forced).
 
         A trailing end-of-turn token in the response is stripped once. A response that is
         empty after tokenization gives a result with ``empty=True`` and NaN scores.
-        ``task`` chooses the calibration (default: the scorer's task).
+        ``task`` chooses the calibration (default: the scorer's task). ``top_logprobs=k``
+        (0–20) fills ``result.top_logprobs`` with the ``k`` most likely tokens at each position,
+        from the same scoring pass.
         """
-        return self.score_many(messages, [response], task=task)[0]
+        return self.score_many(messages, [response], task=task, top_logprobs=top_logprobs)[0]
 
     def score_many(
-        self, messages: Messages, responses: Sequence[str | Sequence[int]], *, task: str | None = None
+        self,
+        messages: Messages,
+        responses: Sequence[str | Sequence[int]],
+        *,
+        task: str | None = None,
+        top_logprobs: int = 0,
     ) -> list[ScoreResult]:
         """Score several responses to the same ``messages`` in one batch (same results as one by one)."""
         if isinstance(responses, str):
             raise InputError("score_many takes a list of responses; for one response use score()")
+        top_k = _check_top_logprobs(top_logprobs)
         with self.lock:
             name = self._check_task(task) if task is not None else self.task
             prompt = self.prompt_ids(messages)
@@ -316,7 +377,7 @@ class GradScorer:
             ids = [tokenize_response(self.tokenizer, r, self._eot_ids) for r in responses]
             for r in ids:
                 self._check_length(len(prompt), len(r))
-            return self._score_ids(prompt, position, ids, cache=None, task=name)
+            return self._score_ids(prompt, position, ids, cache=None, task=name, top_logprobs=top_k)
 
     def _score_ids(
         self,
@@ -326,6 +387,8 @@ class GradScorer:
         cache: DynamicCache | None,
         generate_s: float | None = None,
         task: str | None = None,
+        finish_reasons: Sequence[FinishReason | None] | None = None,
+        top_logprobs: int = 0,
     ) -> list[ScoreResult]:
         name = task or self.task
         cal = self.calibration_for(name)
@@ -343,9 +406,24 @@ class GradScorer:
                 self.layer_span,
                 cache=cache,
                 hidden_layers=self._layers_for(cal),
+                top_logprobs=top_logprobs,
             )
-            raws = dict(zip(nonempty, batch))
-        results = [self._result(raws.get(i), prompt, r, 0.0, generate_s, task=name, cal=cal) for i, r in enumerate(ids)]
+            raws = dict(zip(nonempty, batch, strict=True))
+        reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(ids)
+        results = [
+            self._result(
+                raws.get(i),
+                prompt,
+                r,
+                0.0,
+                generate_s,
+                task=name,
+                cal=cal,
+                finish_reason=reasons[i],
+                top_logprobs=top_logprobs,
+            )
+            for i, r in enumerate(ids)
+        ]
         elapsed = (time.perf_counter() - started) / max(1, len(ids))
         return [r.model_copy(update={"timings": Timings(generate_s=generate_s, score_s=elapsed)}) for r in results]
 
@@ -356,16 +434,43 @@ class GradScorer:
         max_new_tokens: int = 256,
         streamer: Any = None,
         task: str | None = None,
+        stop: Sequence[str] = (),
+        top_logprobs: int = 0,
+        cancel: threading.Event | None = None,
         **generate_kwargs: Any,
     ) -> ScoreResult:
         """Generate an answer to ``messages`` (greedy unless told otherwise) and score it.
 
         Scoring reuses the generation's KV cache, cropped at the semantic-preserving token,
-        so its cost does not grow with the prompt. ``result.response`` is the answer text
-        (end-of-turn token stripped); ``result.timings.generate_s`` the generation time.
+        so its cost does not grow with the prompt: one generation and one scoring pass per answer.
+        ``result.response`` is the answer text (end-of-turn token stripped);
+        ``result.timings.generate_s`` the generation time; ``result.finish_reason`` is ``"length"``
+        when ``max_new_tokens`` ran out before an end-of-turn token or a stop string, else ``"stop"``
+        (also when generation ended for another reason: ``max_time``, your stopping criteria).
+
+        ``stop``: stop strings (a single string counts as one; empty ones are ignored). Generation
+        ends at the first one, and the answer keeps only the tokens *before* the first token whose
+        text overlaps its first occurrence: exactly those tokens are scored, and
+        ``result.response`` is their decoded text. A token that straddles the stop string is
+        dropped with it, so the response may end a little before the stop string.
+
+        ``top_logprobs=k`` (0–20) fills ``result.top_logprobs`` with the ``k`` most likely tokens
+        at each answer position, from the scoring pass (no extra forward pass).
+
+        ``cancel``: an event that stops generation at the next token when set; if it is set when
+        generation ends (or before it starts), nothing is scored and :class:`GenerationCancelled`
+        is raised, so :attr:`lock` is released at once.
         """
         return self.generate_many(
-            messages, 1, max_new_tokens=max_new_tokens, streamer=streamer, task=task, **generate_kwargs
+            messages,
+            1,
+            max_new_tokens=max_new_tokens,
+            streamer=streamer,
+            task=task,
+            stop=stop,
+            top_logprobs=top_logprobs,
+            cancel=cancel,
+            **generate_kwargs,
         )[0]
 
     def generate_many(
@@ -376,13 +481,25 @@ class GradScorer:
         max_new_tokens: int = 256,
         streamer: Any = None,
         task: str | None = None,
+        stop: Sequence[str] = (),
+        top_logprobs: int = 0,
+        cancel: threading.Event | None = None,
         **generate_kwargs: Any,
     ) -> list[ScoreResult]:
-        """Generate ``n`` completions (pass ``do_sample=True`` for different ones) and score them in one batch."""
+        """Generate ``n`` completions (pass ``do_sample=True`` for different ones) and score them in one batch.
+
+        ``stop``, ``top_logprobs`` and ``cancel`` act as in :meth:`generate_and_score`, per completion.
+        """
         if n < 1:
             raise InputError(f"n={n}: ask for at least one completion")
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens={max_new_tokens}: must be at least 1")
+        kwargs: dict[str, Any] = {"do_sample": False, **generate_kwargs}
+        stops = _check_stop(stop, kwargs.pop("stop_strings", None))
+        top_k = _check_top_logprobs(top_logprobs)
+        criteria = StoppingCriteriaList(list(kwargs.pop("stopping_criteria", None) or ()))
+        if cancel is not None:
+            criteria.append(_CancelCriteria(cancel))
         with self.lock:
             name = self._check_task(task) if task is not None else self.task
             prompt = self.prompt_ids(messages)
@@ -394,12 +511,18 @@ class GradScorer:
                     f"the prompt ({len(prompt)} tokens) fills the model's context window of {self.context_window} "
                     "tokens; shorten it — nothing is truncated silently"
                 )
-            kwargs: dict[str, Any] = {"do_sample": False, **generate_kwargs}
             if kwargs["do_sample"] is False:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            if stops:
+                criteria.append(StopStringCriteria(tokenizer=self.tokenizer, stop_strings=list(stops)))
+            kwargs.setdefault("tokenizer", self.tokenizer)  # for stop strings in the model's generation config
             pad_id = self.tokenizer.pad_token_id
             if pad_id is None:
                 pad_id = next(iter(self._eot_ids), 0)
+            if cancel is not None and cancel.is_set():
+                if streamer is not None:
+                    streamer.end()  # a consumer iterating the streamer must not wait for a generation that never starts
+                raise GenerationCancelled("generation was cancelled before it started; nothing was generated or scored")
             input_ids = torch.tensor([prompt], device=self.model.device)
             started = time.perf_counter()
             with torch.no_grad():
@@ -411,19 +534,60 @@ class GradScorer:
                     return_dict_in_generate=True,
                     streamer=streamer,
                     pad_token_id=pad_id,
+                    stopping_criteria=criteria,
                     **kwargs,
                 )
             generate_s = time.perf_counter() - started
-            ids = [self._until_end_of_turn(row[len(prompt) :].tolist()) for row in out.sequences]
+            if cancel is not None and cancel.is_set():
+                del out
+                raise GenerationCancelled("generation was cancelled; the answer was not scored")
+            ids: list[list[int]] = []
+            reasons: list[FinishReason] = []
+            for row in out.sequences:
+                generated = row[len(prompt) :].tolist()
+                answer, ended = self._until_end_of_turn(generated)
+                answer, stopped = self._before_stop(answer, stops)
+                ids.append(answer)
+                reasons.append("length" if not (ended or stopped) and len(generated) >= max_new_tokens else "stop")
             cache = out.cache if isinstance(out.cache, DynamicCache) else None  # transformers >= 5.24 names it `cache`
             del out
-            return self._score_ids(prompt, position, ids, cache=cache, generate_s=generate_s, task=name)
+            return self._score_ids(
+                prompt,
+                position,
+                ids,
+                cache=cache,
+                generate_s=generate_s,
+                task=name,
+                finish_reasons=reasons,
+                top_logprobs=top_k,
+            )
 
-    def _until_end_of_turn(self, ids: list[int]) -> list[int]:
+    def _until_end_of_turn(self, ids: list[int]) -> tuple[list[int], bool]:
+        """``ids`` up to the first end-of-turn token, and whether there was one."""
         for i, token in enumerate(ids):
             if token in self._eot_ids:
-                return ids[:i]
-        return ids
+                return ids[:i], True
+        return ids, False
+
+    def _before_stop(self, ids: list[int], stops: Sequence[str]) -> tuple[list[int], bool]:
+        """The tokens before the first one whose text overlaps the first stop string in ``ids``' text, and whether
+        a stop string occurred. Kept are the most tokens whose decoded text is a prefix of the whole text that
+        ends at or before the stop string (a token straddling it, or a character split across tokens there, is dropped).
+        """
+        if not stops or not ids:
+            return ids, False
+        text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
+        hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+        if not hits:
+            return ids, False
+        limit = min(hits)
+        n = len(ids)
+        while n > 0:
+            prefix = str(self.tokenizer.decode(ids[:n], skip_special_tokens=True))
+            if len(prefix) <= limit and text.startswith(prefix):
+                break
+            n -= 1
+        return ids[:n], True
 
     def oracle(self, messages: Messages, response: str | Sequence[int]) -> ScoreResult:
         """The same scores by the straightforward computation (slow; for tests and benchmarks; no confidence)."""
