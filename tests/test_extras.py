@@ -61,6 +61,18 @@ def test_require_maps_import_names_to_distributions(monkeypatch: pytest.MonkeyPa
     assert info.value.package == "scikit-learn" and info.value.name.startswith("sklearn")
 
 
+@pytest.mark.parametrize(
+    "module, package, extra",
+    [("langchain_core", "langchain-core", "langchain"), ("llama_index.core", "llama-index-core", "llama-index")],
+)
+def test_the_frameworks_are_named_by_their_distribution(
+    module: str, package: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingExtraError, match=rf"needs {package}.*gradguard\[{extra}\]"):
+        require(module, extra, "the integration")
+
+
 def test_a_missing_dependency_of_a_present_package_is_not_disguised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,8 +14,8 @@ from gradguard.errors import MissingExtraError
 
 __all__ = ["require"]
 
-#: Import name -> distribution name, where they differ.
-_DISTRIBUTIONS = {"sklearn": "scikit-learn"}
+#: Top-level import name -> distribution name, where they differ.
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "langchain_core": "langchain-core", "llama_index": "llama-index-core"}
 
 
 def require(module_name: str, extra: str, purpose: str) -> ModuleType:
