@@ -39,7 +39,10 @@ def make_result(confidence: float | None = 0.7, *, scored: bool = True, hybridgr
         ({"min_confidence": -0.1}, r"min_confidence=-0.1 is outside \[0, 1\]"),
         ({"min_confidence": math.nan}, r"min_confidence=nan is not a finite number"),
         ({"signal": "hybridgrad", "max_uncertainty": 0.1, "min_confidence": 0.5}, r"set max_uncertainty .* instead"),
-        ({"signal": "confidence", "max_uncertainty": 0.1}, r"max_uncertainty=0.1 .*signal='confidence'.*signal='hybridgrad'"),
+        (
+            {"signal": "confidence", "max_uncertainty": 0.1},
+            r"max_uncertainty=0.1 .*signal='confidence'.*signal='hybridgrad'",
+        ),
         ({"signal": lambda r: 0.9, "max_uncertainty": 0.1}, r"max_uncertainty=0.1 goes with signal='<score name>'"),
         ({"signal": 3}, r"signal=3 is not usable"),
     ],
@@ -125,7 +128,11 @@ def test_no_score_never_passes_even_with_the_loosest_line(sig: GuardSignal, sour
 
 @pytest.mark.parametrize(
     ("confidence", "why"),
-    [(None, "uncalibrated: no calibrated confidence"), (math.nan, "unscored (confidence is NaN)"), (1.5, "invalid confidence 1.5")],
+    [
+        (None, "uncalibrated: no calibrated confidence"),
+        (math.nan, "unscored (confidence is NaN)"),
+        (1.5, "invalid confidence 1.5"),
+    ],
 )
 def test_confidence_signal_without_a_usable_confidence_fails(confidence: float | None, why: str) -> None:
     sig = GuardSignal.confidence(0.0)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from gradguard.result import ScoreResult
-from gradguard.testing.results import make_score_result
 from gradguard.review import SQLiteReviewQueue, human_review_target
 from gradguard.routing import (
     Action,
@@ -22,6 +21,7 @@ from gradguard.routing import (
     Tier,
     TrailStep,
 )
+from gradguard.testing.results import make_score_result
 
 Q = "What is the capital of France?"
 A = "Lyon"
@@ -175,7 +175,9 @@ def test_target_that_raises_falls_to_next_tier_with_error_in_trail() -> None:
 
 
 def test_target_returning_garbage_is_treated_as_a_failure() -> None:
-    router = Router(policy(Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "bad")), {"bad": lambda q, a, r: "Paris"})
+    router = Router(
+        policy(Tier(0.8, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "bad")), {"bad": lambda q, a, r: "Paris"}
+    )
     out = router.route(Q, A, make_result(0.2))
     assert_well_formed(out)
     assert out.action is Action.ABSTAIN
