@@ -17,10 +17,10 @@ attention makes padding after a response invisible to it).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -30,6 +30,7 @@ from gradguard.head_gradient import head_gradients, token_stats
 from gradguard.result import HiddenStates
 
 __all__ = ["RawScores", "fast_scores", "crop_cache", "decoder_layers", "logit_softcap"]
+
 
 @dataclass(frozen=True)
 class RawScores:
@@ -74,9 +75,9 @@ def crop_cache(cache: DynamicCache, keep: int) -> DynamicCache | None:
     length = cache.get_seq_length()
     if length < keep:
         return None
-    for layer in cache.layers:
+    for index, layer in enumerate(cache.layers):
         window = getattr(layer, "sliding_window", None)
-        if getattr(layer, "is_sliding", False) and window is not None and layer.get_seq_length() >= window:
+        if getattr(layer, "is_sliding", False) and window is not None and cache.get_seq_length(index) >= window:
             return None
     if length > keep:
         cache.crop(keep - length)
@@ -94,7 +95,9 @@ def prefill(model: PreTrainedModel, prefix_ids: Sequence[int]) -> DynamicCache:
 
 
 @contextmanager
-def _capture_layer_inputs(layers: torch.nn.ModuleList, wanted: Sequence[int], into: dict[int, torch.Tensor]) -> Iterator[None]:
+def _capture_layer_inputs(
+    layers: torch.nn.ModuleList, wanted: Sequence[int], into: dict[int, torch.Tensor]
+) -> Iterator[None]:
     """Hooks: keep a detached copy of the input of each layer in ``wanted`` (scoring thread only)."""
     owner = threading.get_ident()
 
@@ -117,7 +120,7 @@ def _hidden_states(
     layer_inputs: dict[int, torch.Tensor], u: torch.Tensor, layers: Sequence[int], b: int, first: int, n_tokens: int
 ) -> HiddenStates:
     """The probe's hidden states of batch row ``b`` (segment index ``first`` is the last prompt token)."""
-    rows = [(layer_inputs[l] if l in layer_inputs else u)[b].detach().float() for l in layers]
+    rows = [(layer_inputs[i] if i in layer_inputs else u)[b].detach().float() for i in layers]
     stacked = torch.stack(rows)  # (k, width, d)
     last = first + n_tokens - 1
     states = {
@@ -130,7 +133,9 @@ def _hidden_states(
 
 
 @contextmanager
-def _graph_from_layer(layers: torch.nn.ModuleList, start: int, stop: int, captured: list[torch.Tensor]) -> Iterator[None]:
+def _graph_from_layer(
+    layers: torch.nn.ModuleList, start: int, stop: int, captured: list[torch.Tensor]
+) -> Iterator[None]:
     """Hooks: the input of ``layers[start]`` becomes a leaf that starts the graph; inputs of ``start…stop−1`` are kept.
 
     Hooks belong to the shared modules, so they act only in the thread that registered them: another
@@ -196,7 +201,8 @@ def fast_scores(
         cropped = prefill(model, prompt_ids[:s])
     if cropped.get_seq_length() != s:
         raise AssertionError(f"cache holds {cropped.get_seq_length()} positions, expected {s}")
-    cache_batch = cropped.layers[0].keys.shape[0] if s > 0 else batch
+    keys = getattr(cropped.layers[0], "keys", None) if s > 0 else None
+    cache_batch = int(keys.shape[0]) if keys is not None else batch
     if cache_batch == 1 and batch > 1:
         cropped.batch_repeat_interleave(batch)
     elif cache_batch != batch:
@@ -212,8 +218,8 @@ def fast_scores(
 
     layers = decoder_layers(model)
     start, stop = layer_span
-    hidden_layers = tuple(int(l) for l in hidden_layers)
-    bad = [l for l in hidden_layers if not 0 <= l <= len(layers)]
+    hidden_layers = tuple(int(i) for i in hidden_layers)
+    bad = [i for i in hidden_layers if not 0 <= i <= len(layers)]
     if bad:
         raise InputError(
             f"hidden_layers {bad} are outside [0, {len(layers)}] (layer {len(layers)} is the final output); "
@@ -225,7 +231,7 @@ def fast_scores(
     try:
         with (
             torch.no_grad(),
-            _capture_layer_inputs(layers, [l for l in hidden_layers if l < len(layers)], layer_inputs),
+            _capture_layer_inputs(layers, [i for i in hidden_layers if i < len(layers)], layer_inputs),
             _graph_from_layer(layers, start, stop, captured),
         ):
             out = model.get_decoder()(input_ids=ids, cache=cropped, use_cache=True)
@@ -263,7 +269,9 @@ def fast_scores(
                 exgrad=head.exgrad_l1 / (vocab * width_d),
                 entropy=stats.entropy.tolist(),
                 nll=stats.nll.tolist(),
-                hidden=_hidden_states(layer_inputs, u, hidden_layers, b, first, len(responses[b])) if hidden_layers else None,
+                hidden=_hidden_states(layer_inputs, u, hidden_layers, b, first, len(responses[b]))
+                if hidden_layers
+                else None,
                 top_logprobs=tops[b],
             )
         )

@@ -46,7 +46,7 @@ def oracle_scores(
             weighted = (entropy * nll).mean()
             plain = nll.mean()
             start, stop = layer_span
-            hidden = [out.hidden_states[l] for l in range(start, stop)]
+            hidden = [out.hidden_states[i] for i in range(start, stop)]
             *g_hidden, g_head = torch.autograd.grad(weighted, [*hidden, head.weight], retain_graph=True)
             (g_head_plain,) = torch.autograd.grad(plain, [head.weight])
     finally:

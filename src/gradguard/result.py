@@ -10,9 +10,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gradguard.scores import SCORE_LABELS, UNCERTAINTY_KEYS
 
-__all__ = ["ScoreResult", "Timings", "CalibrationInfo", "METADATA_KEYS", "HiddenStates", "HIDDEN_POSITIONS", "UNCERTAINTY_KEYS", "SCORE_LABELS"]
+__all__ = [
+    "ScoreResult",
+    "Timings",
+    "CalibrationInfo",
+    "METADATA_KEYS",
+    "HiddenStates",
+    "HIDDEN_POSITIONS",
+    "UNCERTAINTY_KEYS",
+    "SCORE_LABELS",
+]
 
-#: The keys of :meth:`ScoreResult.metadata`, the schema every integration publishes (``unscored_metadata`` adds ``error``).
+#: The keys of :meth:`ScoreResult.metadata`, the schema every integration publishes
+#: (``unscored_metadata`` adds ``error``).
 METADATA_KEYS: tuple[str, ...] = (
     "confidence",
     "uncertainty",
@@ -107,7 +117,9 @@ class ScoreResult(BaseModel):
     n_response_tokens: int
     spt_offset: int = Field(..., description="Semantic-preserving offset k (negative) from the prompt's end.")
     spt_position: int = Field(..., description="Absolute token position s = P + k.")
-    layer_span: tuple[int, int] = Field(..., description="Half-open range [start, stop) of decoder layers used by SemGrad.")
+    layer_span: tuple[int, int] = Field(
+        ..., description="Half-open range [start, stop) of decoder layers used by SemGrad."
+    )
     n_prompt_tokens: int
     timings: Timings
     response: str = ""
@@ -122,7 +134,8 @@ class ScoreResult(BaseModel):
     task: str | None = Field(None, description="The task whose calibration applies (see gradguard.tasks).")
     calibration: CalibrationInfo | None = None
     in_domain: bool | None = Field(
-        None, description="False when the answer lies outside the calibration data (confidence unreliable); None if unknown."
+        None,
+        description="False when the answer lies outside the calibration data (confidence unreliable); None if unknown.",
     )
     domain_distance: float | None = Field(None, description="Mahalanobis distance to the calibration data.")
     domain_percentile: float | None = Field(

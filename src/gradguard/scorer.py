@@ -103,7 +103,8 @@ class GradScorer:
     Example::
 
         scorer = GradScorer.from_pretrained()          # the embedded Qwen2.5-Coder-0.5B-Instruct
-        result = scorer.generate_and_score([{"role": "user", "content": "Who proposed evolution by natural selection?"}])
+        question = [{"role": "user", "content": "Who proposed evolution by natural selection?"}]
+        result = scorer.generate_and_score(question)
         result.response, result.hybridgrad            # larger hybridgrad = less confident
 
     The semantic-preserving offset, the layer span and the calibration come from a profile:
@@ -147,7 +148,9 @@ class GradScorer:
         self.lock = threading.RLock()
         n_layers = len(decoder_layers(model))
         if spt_offset is not None and spt_offset >= 0:
-            raise InputError(f"spt_offset {spt_offset} must be negative (an offset from the end of the prompt, e.g. -2)")
+            raise InputError(
+                f"spt_offset {spt_offset} must be negative (an offset from the end of the prompt, e.g. -2)"
+            )
         self.profile = self._choose_profile(profile, spt_offset, layer_span, strict)
         start, stop = layer_span or self.profile.resolved_layer_span(n_layers)
         if not (0 <= start < stop <= n_layers):
@@ -184,7 +187,11 @@ class GradScorer:
                 found = resolve_profile(self.model, self.tokenizer, model_id=self.model_name, strict=strict)
         except ProfileError:  # not found, mismatch (dims, model type, chat template), unreadable
             found = None
-        if found is not None and found.spt_offset == spt_offset and (layer_span is None or found.layer_span == layer_span):
+        if (
+            found is not None
+            and found.spt_offset == spt_offset
+            and (layer_span is None or found.layer_span == layer_span)
+        ):
             return found
         return manual_profile(self.model, spt_offset, layer_span)
 
@@ -192,7 +199,8 @@ class GradScorer:
         name = check_task_name(task)
         if name not in BUILTIN_TASKS and name not in self.profile.calibrations:
             raise UnknownTaskError(
-                f"unknown task {name!r}: it is not built in ({sorted(BUILTIN_TASKS)}) and profile {self.profile.name!r} "
+                f"unknown task {name!r}: it is not built in ({sorted(BUILTIN_TASKS)}) and profile "
+                f"{self.profile.name!r} "
                 f"has no calibration for it (calibrated: {sorted(self.profile.calibrations) or 'none'}); calibrate it "
                 f"with `gradguard calibrate --task {name} --prompt-template FILE --data QA.jsonl`"
             )

@@ -30,16 +30,20 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         default="closed-qa",
-        help="how questions are asked and judged: closed-qa, rag, chat, or your own with --prompt-template (default closed-qa)",
+        help="how questions are asked and judged: closed-qa, rag, chat, or your own with --prompt-template "
+        "(default closed-qa)",
     )
     p.add_argument(
         "--prompt-template",
         default=None,
-        help="JSON file defining the task: system_prompt, user_template ('{question}', '{context}'), judge, max_new_tokens",
+        help="JSON file defining the task: system_prompt, user_template ('{question}', '{context}'), judge, "
+        "max_new_tokens",
     )
     p.add_argument("--profile", default=None, help="profile JSON or built-in name (default: looked up for the model)")
     p.add_argument("--spt-offset", type=int, default=None, help="override the profile's semantic-preserving offset")
-    p.add_argument("--layer-span", type=int, nargs=2, default=None, metavar=("START", "STOP"), help="override the layer span")
+    p.add_argument(
+        "--layer-span", type=int, nargs=2, default=None, metavar=("START", "STOP"), help="override the layer span"
+    )
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
     p.add_argument("--device", default=None, help="run the model on this torch device (e.g. cuda); default CPU")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -242,7 +246,7 @@ def format_report(report: Any) -> str:
     return "\n".join(lines)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``calibrate`` to a parent CLI (the parser sets ``func``)."""
     p = subparsers.add_parser(
         "calibrate",
@@ -253,7 +257,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     add_generation_arguments(p)
     p.add_argument("--n", type=int, default=None, help="use N questions (default all)")
-    p.add_argument("--shuffle-seed", type=int, default=None, help="shuffle the questions with this seed before taking N")
+    p.add_argument(
+        "--shuffle-seed", type=int, default=None, help="shuffle the questions with this seed before taking N"
+    )
     p.add_argument("--cache", default="gradguard-cache", help="per-question cache folder, shared with `eval --cache`")
     p.add_argument("--out", default=None, help="profile JSON to write (default <data>-<task>-profile.json)")
     p.add_argument(
