@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 
 from gradguard.result import METADATA_KEYS  # noqa: E402
 from gradguard import ModelSourceError, UNCERTAINTY_KEYS  # noqa: E402
-from gradguard.integrations.langchain import ChatGradguard, ChatInputError, result_for  # noqa: E402
+from gradguard.integrations.langchain import ChatGradguard, ChatInputError, UnknownOptionError, result_for  # noqa: E402
 from lc_support import tiny_scorer  # noqa: E402
 
 SCHEMA_KEYS = set(METADATA_KEYS)
@@ -163,15 +163,15 @@ def test_stop_string_cuts_the_answer_and_the_score_is_of_the_cut_answer(chat: Ch
     full = chat.invoke("Tell me something.", max_tokens=12).content
     assert len(full) >= 4
     stop = full[2:4]
-    cut = full[: full.find(stop)]
     msg = chat.invoke("Tell me something.", max_tokens=12, stop=[stop])
-    assert msg.content == cut
+    # The answer is the tokens before the first one overlapping the stop string (their exact text).
+    assert stop not in msg.content and full[: full.find(stop)].startswith(msg.content)
     result = result_for(msg)
-    rescored = tiny_scorer().score([{"role": "user", "content": "Tell me something."}], cut)
-    assert result.token_ids == rescored.token_ids
+    assert result is not None and result.finish_reason == "stop"
+    rescored = tiny_scorer().score([{"role": "user", "content": "Tell me something."}], list(result.token_ids))
     assert msg.response_metadata["gradguard"]["uncertainty"]["hybridgrad"] == pytest.approx(rescored.hybridgrad, rel=1e-5)
     streamed = "".join(c.content for c in chat.stream("Tell me something.", max_tokens=12, stop=[stop]))
-    assert streamed == cut
+    assert streamed == msg.content
 
 
 def test_max_tokens_limits_the_answer(chat: ChatGradguard) -> None:
@@ -185,7 +185,7 @@ def test_bad_input_names_the_value_and_the_fix(chat: ChatGradguard) -> None:
         chat.invoke([HumanMessage("hi"), ToolMessage("42", tool_call_id="x")])
     with pytest.raises(ChatInputError, match="image"):
         chat.invoke([HumanMessage(content=[{"type": "image", "url": "http://x/y.png"}])])
-    with pytest.raises(ChatInputError, match="tools"):
+    with pytest.raises(UnknownOptionError, match="tools"):
         chat.invoke("hi", tools=[{"name": "f"}])
     with pytest.raises(ChatInputError, match="max_tokens=0"):
         chat.invoke("hi", max_tokens=0)

@@ -25,7 +25,9 @@ from llama_index.core.instrumentation.events.llm import (  # noqa: E402
 from gradguard.result import METADATA_KEYS  # noqa: E402
 from gradguard import GradScorer, ScoreResult  # noqa: E402
 from gradguard.errors import ContextLengthError, InputError  # noqa: E402
-from gradguard.integrations.llama_index import GradguardLlamaIndexError, GradguardLLM, capture_scores  # noqa: E402
+from gradguard.integrations.llama_index import (  # noqa: E402
+    GradguardLlamaIndexError, GradguardLLM, UnknownOptionError, capture_scores,
+)
 
 PROMPT = "What is the capital of France?"
 MESSAGES = [ChatMessage(role=MessageRole.USER, content=PROMPT)]
@@ -240,10 +242,14 @@ def test_metadata_reports_the_model_config(tiny_llm: GradguardLLM, li_scorer: Gr
     assert GradguardLLM(scorer=li_scorer, context_window=512).metadata.context_window == 512
 
 
-def test_generation_options_are_forwarded_and_others_ignored(tiny_llm: GradguardLLM) -> None:
-    short = tiny_llm.complete(PROMPT, max_new_tokens=2, not_a_generation_option=True)
+def test_generation_options_are_forwarded_and_unknown_ones_raise(tiny_llm: GradguardLLM) -> None:
+    short = tiny_llm.complete(PROMPT, max_new_tokens=2)
     assert 0 < short.raw.n_response_tokens <= 2
     assert tiny_llm.complete(PROMPT).raw.n_response_tokens > 2
+    with pytest.raises(UnknownOptionError, match=r"\['not_a_generation_option'\].*max_new_tokens"):
+        tiny_llm.complete(PROMPT, not_a_generation_option=True)
+    with pytest.raises(UnknownOptionError, match="do_samplee"):
+        GradguardLLM(scorer=tiny_llm.scorer, generate_kwargs={"do_samplee": True})
 
 
 def test_model_source_is_loaded_lazily_once(monkeypatch: pytest.MonkeyPatch, li_scorer: GradScorer) -> None:

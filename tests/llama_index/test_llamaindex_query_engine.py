@@ -217,9 +217,9 @@ def test_wider_retrieval_escalation_on_a_vector_index(tiny_llm: GradguardLLM) ->
     assert meta["action"] == "accept" and meta["target"] == "wide" and meta["score_source"] == "llm"
     assert len(response.source_nodes) == 3
     assert [s["outcome"] for s in meta["trail"]] == ["escalated", "accepted"]
-    assert meta["trail"][0]["confidence"] == 0.0
+    assert meta["trail"][0]["signal_value"] == 0.0 and meta["trail"][0]["confidence"] is None  # uncalibrated
     # Without the wide engine the same question abstains.
-    alone = ConfidenceGuardQueryEngine(narrow, policy, signal=more_context).query(QUESTION)
+    alone = ConfidenceGuardQueryEngine(narrow, RoutingPolicy.threshold(0.5), signal=more_context).query(QUESTION)
     assert _g(alone)["action"] == "abstain" and alone.source_nodes == []
 
 

@@ -193,7 +193,8 @@ def _safe_prefix(tokenizer: Any, ids: Sequence[int], stop: Sequence[str]) -> str
     """
     text = tokenizer.decode(list(ids), skip_special_tokens=True)
     hits = [i for i in (text.find(s) for s in stop) if i >= 0]
-    limit = min(hits) if hits else len(text) - _held_back(text, stop)
+    stable = text.rstrip("\ufffd")  # an incomplete character may still complete a stop string
+    limit = min(hits) if hits else len(stable) - _held_back(stable, stop)
     n = len(ids)
     while n > 0:
         prefix = text if n == len(ids) else tokenizer.decode(list(ids[:n]), skip_special_tokens=True)

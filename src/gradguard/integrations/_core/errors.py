@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradguard.errors import GradguardError, InputError
+from gradguard.errors import GradguardError, InputError, MissingExtraError
 from gradguard.routing import RouteOutcome
 
 __all__ = ["IntegrationError", "UnknownOptionError", "AnswerRejectedError", "MissingDependencyError"]
@@ -18,8 +18,8 @@ class UnknownOptionError(IntegrationError):
     """A call option the component does not support (the message lists the supported ones)."""
 
 
-class MissingDependencyError(GradguardError, ImportError):
-    """An optional dependency of an integration is not installed (the message names the extra)."""
+#: An integration's framework is not installed (the message names the extra that installs it).
+MissingDependencyError = MissingExtraError
 
 
 class AnswerRejectedError(GradguardError):

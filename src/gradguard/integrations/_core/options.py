@@ -46,6 +46,7 @@ class GenerationOptions(BaseModel):
         implies ``logprobs``. Bad values raise :class:`IntegrationError` naming them.
         """
         updates = dict(call)
+        alias = "max_tokens" in updates and "max_new_tokens" not in updates
         if "max_tokens" in updates:
             updates.setdefault("max_new_tokens", updates.pop("max_tokens"))
         unknown = sorted(set(updates) - set(CALL_OPTIONS))
@@ -63,10 +64,10 @@ class GenerationOptions(BaseModel):
             updates["stop"] = tuple(s for s in stops if s)
         if updates.get("top_logprobs"):
             updates.setdefault("logprobs", True)
-        return self.checked({**self.model_dump(), **updates}, owner=owner)
+        return self.checked({**self.model_dump(), **updates}, owner=owner, alias=alias)
 
     @classmethod
-    def checked(cls, values: Mapping[str, Any], *, owner: str) -> GenerationOptions:
+    def checked(cls, values: Mapping[str, Any], *, owner: str, alias: bool = False) -> GenerationOptions:
         """Build from ``values``, raising :class:`IntegrationError` (not pydantic's error) for bad values."""
         try:
             return cls(**values)
@@ -78,7 +79,8 @@ class GenerationOptions(BaseModel):
                     raise UnknownOptionError(
                         f"{owner} got unsupported option {loc!r}; supported: {sorted(CALL_OPTIONS)}"
                     ) from None
-                parts.append(f"{loc}={err.get('input')!r}: {err.get('msg')}")
+                name = "max_tokens" if alias and loc == "max_new_tokens" else loc
+                parts.append(f"{name}={err.get('input')!r}: {err.get('msg')}")
             raise IntegrationError(f"{owner}: " + "; ".join(parts)) from None
 
     def generate_kwargs(self) -> dict[str, Any]:

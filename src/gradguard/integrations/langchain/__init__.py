@@ -15,14 +15,10 @@ See ``docs/langchain.md``.
 
 from __future__ import annotations
 
+from gradguard.extras import require
 from gradguard.integrations._core import MissingDependencyError, UnknownOptionError
 
-try:
-    import langchain_core  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(
-        "gradguard.integrations.langchain needs langchain-core; install it with: pip install 'gradguard[langchain]'"
-    ) from exc
+require("langchain_core", "langchain", "gradguard.integrations.langchain")
 
 from gradguard.integrations.langchain.callbacks import (  # noqa: E402
     GradguardCallbackHandler, ScoreRecord, UnknownRunError, gradguard_callback,

@@ -160,7 +160,8 @@ class ChatGradguard(BaseChatModel):
         return {"model_name": self.model_name, **self._defaults.model_dump(), "system_prompt": self.system_prompt}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(ls_provider="gradguard", ls_model_name=self.model_name, ls_model_type="chat")
+        name = kwargs["model"] if isinstance(kwargs.get("model"), str) else self.model_name
+        params = LangSmithParams(ls_provider="gradguard", ls_model_name=name, ls_model_type="chat")
         temperature = kwargs.get("temperature", self.temperature)
         if isinstance(temperature, (int, float)):
             params["ls_temperature"] = float(temperature)

@@ -13,14 +13,10 @@ Every uncertainty is larger when the model is less confident; a missing or NaN s
 Importing :mod:`gradguard` never imports LlamaIndex; importing this package does.
 """
 
+from gradguard.extras import require
 from gradguard.integrations._core import AnswerRejectedError, MissingDependencyError, UnknownOptionError
 
-try:
-    import llama_index.core  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(
-        "gradguard.integrations.llama_index needs llama-index-core; install it with: pip install 'gradguard[llama-index]'"
-    ) from exc
+require("llama_index.core", "llama-index", "gradguard.integrations.llama_index")
 
 from gradguard.integrations.llama_index.base import GradguardLLM  # noqa: E402
 from gradguard.integrations.llama_index.handler import GradguardEventHandler, ScoredCall  # noqa: E402

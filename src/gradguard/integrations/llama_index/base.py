@@ -18,7 +18,9 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from gradguard.integrations._core import GenerationOptions, IntegrationError, LocalBackend, with_system_prompt
+from gradguard.integrations._core import (
+    GenerationOptions, IntegrationError, LocalBackend, UnknownOptionError, with_system_prompt,
+)
 from gradguard.integrations.llama_index.utils import (
     CapturedScore, GradguardLlamaIndexError, attach_metadata, messages_to_dicts, publish_score,
 )
@@ -88,6 +90,8 @@ class GradguardLLM(CustomLLM):
             defaults = GenerationOptions().merged(
                 {"max_new_tokens": max_new_tokens, "task": task, **(generate_kwargs or {})}, owner="GradguardLLM"
             )
+        except UnknownOptionError:
+            raise
         except IntegrationError as exc:
             raise GradguardLlamaIndexError(str(exc)) from None
         super().__init__(

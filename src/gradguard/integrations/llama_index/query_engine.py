@@ -114,13 +114,7 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
                 f"query_engine={query_engine!r} is not a LlamaIndex query engine; "
                 "pass e.g. index.as_query_engine(llm=...)"
             )
-        if policy is None:
-            policy = RoutingPolicy.threshold(0.8)
-        if not isinstance(policy, RoutingPolicy):
-            raise GradguardLlamaIndexError(
-                f"policy={policy!r} is not a gradguard RoutingPolicy; build one with RoutingPolicy.threshold(0.8) "
-                "or RoutingPolicy([Tier(...), ...])"
-            )
+        policy = RoutingPolicy.threshold(0.8) if policy is None else policy
         guard_signal = Signal.from_options(signal, max_uncertainty)
         escalations = dict(escalations or {})
         for name, target in escalations.items():
@@ -129,12 +123,10 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
                     f"escalations[{name!r}]={target!r} is not a query engine, an LLM or an escalation target "
                     "callable (question, answer, result) -> EscalationResult"
                 )
-        unknown = [t for t in policy.targets() if t not in escalations]
-        if unknown:
-            raise GradguardLlamaIndexError(
-                f"the policy escalates to {unknown} but escalations= has only {sorted(escalations)}; "
-                "register each target name used by an escalate tier"
-            )
+        try:  # the router checks the policy and that every target it names is given
+            Router(policy, dict.fromkeys(escalations, _unused_target), signal=guard_signal)
+        except GradguardError as exc:
+            raise GradguardLlamaIndexError(f"ConfidenceGuardQueryEngine (escalations=): {exc}") from None
         if scorer is not None and not hasattr(scorer, "score"):
             raise GradguardLlamaIndexError(
                 f"scorer={scorer!r} is not a gradguard GradScorer; pass GradScorer(model, tokenizer)"
@@ -375,6 +367,10 @@ def _with_verdict(output: ToolOutput) -> ToolOutput:
         raw_output=raw,
         is_error=output.is_error,
     )
+
+
+def _unused_target(question: str, answer: str, result: ScoreResult | None) -> EscalationResult:
+    raise AssertionError("only used to validate the policy's targets")
 
 
 def _same_bundle(bundle: QueryBundle, question: str) -> QueryBundle:
