@@ -15,15 +15,22 @@ __all__ = [
     "Timings",
     "CalibrationInfo",
     "METADATA_KEYS",
+    "METADATA_SCHEMA_VERSION",
+    "unscored_metadata",
     "HiddenStates",
     "HIDDEN_POSITIONS",
     "UNCERTAINTY_KEYS",
     "SCORE_LABELS",
 ]
 
+#: The version of :meth:`ScoreResult.metadata`'s schema (its ``schema_version`` key). Every feature
+#: that adds to the metadata adds keys (readers ignore keys they do not know) and bumps it.
+METADATA_SCHEMA_VERSION = 1
+
 #: The keys of :meth:`ScoreResult.metadata`, the schema every integration publishes
-#: (``unscored_metadata`` adds ``error``).
+#: (:func:`unscored_metadata` adds ``error``).
 METADATA_KEYS: tuple[str, ...] = (
+    "schema_version",
     "confidence",
     "uncertainty",
     "task",
@@ -173,12 +180,17 @@ class ScoreResult(BaseModel):
     def metadata(self) -> dict[str, object]:
         """The metadata schema shared by the LangChain and LlamaIndex integrations.
 
-        ``{"confidence", "uncertainty": {...}, "task", "calibration": {task, data, sha256, n, judge,
-        cv_auroc}, "in_domain", "domain_distance", "domain_percentile", "model", "profile", "spt_offset",
-        "n_response_tokens", "scored"}``. NaN scores are reported as ``None`` so the dict is valid JSON.
+        ``{"schema_version", "confidence", "uncertainty": {...}, "task", "calibration": {task, data,
+        sha256, n, judge, cv_auroc}, "in_domain", "domain_distance", "domain_percentile", "model",
+        "profile", "spt_offset", "n_response_tokens", "scored"}``. ``confidence`` is the calibrated
+        P(correct) (``None``: uncalibrated); every ``uncertainty`` is larger when the model is **less**
+        confident; ``scored`` False means no usable score (treat as unconfident). NaN scores are
+        reported as ``None`` so the dict is valid JSON. ``schema_version`` is
+        :data:`METADATA_SCHEMA_VERSION`.
         """
         unc = {k: (v if math.isfinite(v) else None) for k, v in self.uncertainty().items()}
         return {
+            "schema_version": METADATA_SCHEMA_VERSION,
             "confidence": self.confidence,
             "uncertainty": unc,
             "task": self.task,
@@ -192,3 +204,17 @@ class ScoreResult(BaseModel):
             "n_response_tokens": self.n_response_tokens,
             "scored": self.scored,
         }
+
+
+def unscored_metadata(error: str, *, model: str | None = None) -> dict[str, Any]:
+    """The metadata of an answer that has **no** score (every guard treats it as unconfident).
+
+    The keys of :meth:`ScoreResult.metadata`, every score ``None``, ``scored`` False, and ``error``
+    saying why there is no score.
+    """
+    meta: dict[str, Any] = dict.fromkeys(METADATA_KEYS)
+    meta.update(
+        schema_version=METADATA_SCHEMA_VERSION, uncertainty=dict.fromkeys(UNCERTAINTY_KEYS), model=model,
+        scored=False, error=error,
+    )
+    return meta

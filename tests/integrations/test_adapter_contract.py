@@ -33,7 +33,9 @@ QUESTION = "Who wrote the report?"
 ABSTAIN = "I don't know."
 
 
-def result(confidence: float | None, *, hybridgrad: float = 0.01, empty: bool = False, text: str = "Ada.") -> ScoreResult:
+def result(
+    confidence: float | None, *, hybridgrad: float = 0.01, empty: bool = False, text: str = "Ada."
+) -> ScoreResult:
     return make_score_result(confidence=confidence, hybridgrad=hybridgrad, empty=empty, response=text, model="m")
 
 
@@ -43,7 +45,9 @@ def result(confidence: float | None, *, hybridgrad: float = 0.01, empty: bool = 
 class LangChainAdapter:
     name = "langchain"
 
-    def route(self, score: ScoreResult | dict | None, policy: RoutingPolicy, *, text: str = "Ada.", **options: Any) -> tuple[str, dict]:
+    def route(
+        self, score: ScoreResult | dict | None, policy: RoutingPolicy, *, text: str = "Ada.", **options: Any
+    ) -> tuple[str, dict]:
         meta = {"gradguard": score.metadata() if isinstance(score, ScoreResult) else score} if score is not None else {}
         answerer = RunnableLambda(lambda _: AIMessage(content=text, response_metadata=meta))
         kwargs = {"on_reject": "raise"} if options.pop("raise_on_reject", False) else {}
@@ -73,7 +77,9 @@ class _Scripted(BaseQueryEngine):
 
     def _query(self, query_bundle: QueryBundle) -> Response:
         if self.score is not None:
-            publish_score(CapturedScore(text=self.text, result=self.score, metadata=self.score.metadata(), source="llm"))
+            publish_score(
+                CapturedScore(text=self.text, result=self.score, metadata=self.score.metadata(), source="llm")
+            )
         return Response(self.text, [])
 
     async def _aquery(self, query_bundle: QueryBundle) -> Response:
@@ -83,7 +89,9 @@ class _Scripted(BaseQueryEngine):
 class LlamaIndexAdapter:
     name = "llama_index"
 
-    def route(self, score: ScoreResult | dict | None, policy: RoutingPolicy, *, text: str = "Ada.", **options: Any) -> tuple[str, dict]:
+    def route(
+        self, score: ScoreResult | dict | None, policy: RoutingPolicy, *, text: str = "Ada.", **options: Any
+    ) -> tuple[str, dict]:
         targets = options.pop("targets", None)
         engine = ConfidenceGuardQueryEngine(
             _Scripted(text, score if isinstance(score, ScoreResult) else None), policy, escalations=targets, **options
@@ -135,8 +143,11 @@ def test_the_policy_decides_and_the_metadata_carries_the_real_confidence(
 
 
 @adapters
-@pytest.mark.parametrize("score", [None, result(0.99, empty=True), result(None), result(math.nan)],
-                         ids=["unscored", "empty", "uncalibrated", "nan"])
+@pytest.mark.parametrize(
+    "score",
+    [None, result(0.99, empty=True), result(None), result(math.nan)],
+    ids=["unscored", "empty", "uncalibrated", "nan"],
+)
 def test_no_usable_score_fails_closed(adapter: Any, score: ScoreResult | None) -> None:
     answer, meta = adapter.route(score, TIERS)
     assert answer == ABSTAIN and meta["action"] == "abstain" and meta["confidence"] is None
@@ -226,4 +237,3 @@ def test_stop_strings_end_the_answer_scored_in_one_pass(adapter: Any, scorer: Gr
     cut = adapter.call(model, stop=[stop])
     streamed = "".join(adapter.stream(model, stop=[stop]))
     assert stop not in cut and full.startswith(cut) and streamed == cut
-

@@ -15,7 +15,7 @@ from gradguard.testing import make_score_result, make_tiny_model
 _OFFSETS = {"gemma2": -2}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_scorer(family: str = "qwen2", seed: int = 0) -> GradScorer:
     """A scorer over a tiny config-built model (built once per process)."""
     model, tok = make_tiny_model(family, seed=seed)

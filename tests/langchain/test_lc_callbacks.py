@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("langchain_core")
 langchain_huggingface = pytest.importorskip("langchain_huggingface")
 
+from lc_support import tiny_scorer  # noqa: E402
 from transformers import pipeline  # noqa: E402
 
 from gradguard.integrations.langchain import (  # noqa: E402
@@ -20,7 +21,6 @@ from gradguard.integrations.langchain import (  # noqa: E402
     result_for,
 )
 from gradguard.testing import make_tiny_model  # noqa: E402
-from lc_support import tiny_scorer  # noqa: E402
 
 ChatHuggingFace = langchain_huggingface.ChatHuggingFace
 HuggingFacePipeline = langchain_huggingface.HuggingFacePipeline
@@ -29,7 +29,12 @@ HuggingFacePipeline = langchain_huggingface.HuggingFacePipeline
 def _chat_hf(return_full_text: bool = False) -> object:
     model, tok = make_tiny_model("qwen2", seed=3)
     pipe = pipeline(
-        "text-generation", model=model, tokenizer=tok, max_new_tokens=8, do_sample=False, return_full_text=return_full_text
+        "text-generation",
+        model=model,
+        tokenizer=tok,
+        max_new_tokens=8,
+        do_sample=False,
+        return_full_text=return_full_text,
     )
     llm = HuggingFacePipeline(pipeline=pipe, model_id="tiny-qwen2-hf")
     return ChatHuggingFace(llm=llm, tokenizer=tok, model_id="tiny-qwen2-hf")
@@ -77,7 +82,7 @@ def test_context_manager_scores_every_run_of_a_batch(chat_hf: object) -> None:
     assert len(records) == 3 and len(cb.records) == 3
     assert sorted(r.messages[0]["content"] for r in records) == ["a?", "bb?", "ccc?"]
     by_question = {r.messages[0]["content"]: r for r in records}
-    for question, out in zip(["a?", "bb?", "ccc?"], outs):
+    for question, out in zip(["a?", "bb?", "ccc?"], outs, strict=True):
         assert out.response_metadata["gradguard"] == by_question[question].metadata
     chat_hf.invoke("after the block")
     assert len(cb.all_records()) == 3  # the handler is gone once the block ends

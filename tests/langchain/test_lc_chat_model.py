@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("langchain_core")
 
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage  # noqa: E402
-
-from gradguard.result import METADATA_KEYS  # noqa: E402
-from gradguard import ModelSourceError, UNCERTAINTY_KEYS  # noqa: E402
-from gradguard.integrations.langchain import ChatGradguard, ChatInputError, UnknownOptionError, result_for  # noqa: E402
 from lc_support import tiny_scorer  # noqa: E402
+
+from gradguard import UNCERTAINTY_KEYS, ModelSourceError  # noqa: E402
+from gradguard.integrations.langchain import ChatGradguard, ChatInputError, UnknownOptionError, result_for  # noqa: E402
+from gradguard.result import METADATA_KEYS  # noqa: E402
 
 SCHEMA_KEYS = set(METADATA_KEYS)
 
@@ -63,7 +63,9 @@ def test_system_prompt_and_history_reach_the_template(chat: ChatGradguard) -> No
     # system_prompt is used only when the conversation has no system message.
     with_default = ChatGradguard(scorer=scorer, max_tokens=4, system_prompt="Be terse.")
     n_default = with_default.invoke("Hi").usage_metadata["input_tokens"]
-    assert n_default == len(scorer.prompt_ids([{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]))
+    assert n_default == len(
+        scorer.prompt_ids([{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}])
+    )
     n_own = with_default.invoke([SystemMessage("Own."), HumanMessage("Hi")]).usage_metadata["input_tokens"]
     assert n_own == len(scorer.prompt_ids([{"role": "system", "content": "Own."}, {"role": "user", "content": "Hi"}]))
 
@@ -79,7 +81,9 @@ def test_stream_last_chunk_carries_the_score_and_matches_invoke(chat: ChatGradgu
         merged = merged + c
     assert merged.content == expected.content
     meta = merged.response_metadata["gradguard"]
-    assert meta["uncertainty"]["hybridgrad"] == pytest.approx(expected.response_metadata["gradguard"]["uncertainty"]["hybridgrad"], rel=1e-5)
+    assert meta["uncertainty"]["hybridgrad"] == pytest.approx(
+        expected.response_metadata["gradguard"]["uncertainty"]["hybridgrad"], rel=1e-5
+    )
     assert len({c.id for c in chunks}) == 1 and result_for(merged) is not None
 
 
@@ -88,7 +92,9 @@ async def test_ainvoke_and_astream(chat: ChatGradguard) -> None:
     sync = chat.invoke("Say hi.")
     got = await chat.ainvoke("Say hi.")
     assert got.content == sync.content
-    assert got.response_metadata["gradguard"]["uncertainty"] == pytest.approx(sync.response_metadata["gradguard"]["uncertainty"])
+    assert got.response_metadata["gradguard"]["uncertainty"] == pytest.approx(
+        sync.response_metadata["gradguard"]["uncertainty"]
+    )
     chunks = [c async for c in chat.astream("Say hi.")]
     assert "".join(c.content for c in chunks) == sync.content
     assert chunks[-1].response_metadata["gradguard"]["scored"] is True
@@ -98,7 +104,7 @@ def test_batch_with_max_concurrency_4_equals_sequential_calls(chat: ChatGradguar
     questions = [f"Question number {i}?" for i in range(6)]
     sequential = [chat.invoke(q) for q in questions]
     batched = chat.batch(questions, config={"max_concurrency": 4})
-    for s, b in zip(sequential, batched):
+    for s, b in zip(sequential, batched, strict=True):
         assert b.content == s.content
         assert b.response_metadata["gradguard"]["uncertainty"] == pytest.approx(
             s.response_metadata["gradguard"]["uncertainty"], rel=1e-5
@@ -169,7 +175,9 @@ def test_stop_string_cuts_the_answer_and_the_score_is_of_the_cut_answer(chat: Ch
     result = result_for(msg)
     assert result is not None and result.finish_reason == "stop"
     rescored = tiny_scorer().score([{"role": "user", "content": "Tell me something."}], list(result.token_ids))
-    assert msg.response_metadata["gradguard"]["uncertainty"]["hybridgrad"] == pytest.approx(rescored.hybridgrad, rel=1e-5)
+    assert msg.response_metadata["gradguard"]["uncertainty"]["hybridgrad"] == pytest.approx(
+        rescored.hybridgrad, rel=1e-5
+    )
     streamed = "".join(c.content for c in chat.stream("Tell me something.", max_tokens=12, stop=[stop]))
     assert streamed == msg.content
 
@@ -231,4 +239,6 @@ def test_streaming_flag_makes_invoke_stream(chat: ChatGradguard) -> None:
     streaming = ChatGradguard(scorer=tiny_scorer(), max_tokens=8, streaming=True)
     got, expected = streaming.invoke("Name a color."), chat.invoke("Name a color.")
     assert got.content == expected.content
-    assert got.response_metadata["gradguard"]["uncertainty"] == pytest.approx(expected.response_metadata["gradguard"]["uncertainty"])
+    assert got.response_metadata["gradguard"]["uncertainty"] == pytest.approx(
+        expected.response_metadata["gradguard"]["uncertainty"]
+    )

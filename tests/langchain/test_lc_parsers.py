@@ -9,6 +9,7 @@ pytest.importorskip("langchain_core")
 from langchain_core.exceptions import OutputParserException  # noqa: E402
 from langchain_core.messages import AIMessage  # noqa: E402
 from langchain_core.runnables import RunnableLambda  # noqa: E402
+from lc_support import scored_message, tiny_scorer  # noqa: E402
 
 from gradguard import GradguardError  # noqa: E402
 from gradguard.integrations.langchain import (  # noqa: E402
@@ -19,7 +20,6 @@ from gradguard.integrations.langchain import (  # noqa: E402
     LowConfidenceError,
     result_for,
 )
-from lc_support import scored_message, tiny_scorer  # noqa: E402
 
 
 def test_exception_mode_passes_confident_and_raises_on_unconfident() -> None:
@@ -84,7 +84,16 @@ def test_raw_signal_on_an_uncalibrated_model() -> None:
     parser = ConfidenceGuardParser(signal="hybridgrad", max_uncertainty=0.05, on_fail="abstain")
     assert parser.invoke(scored_message("low", hybridgrad=0.01)) == "low"
     assert parser.invoke(scored_message("high", hybridgrad=0.2)) == "I don't know."
-    nan = AIMessage("nan", response_metadata={"gradguard": {**scored_message().response_metadata["gradguard"], "uncertainty": {"hybridgrad": None}, "scored": True}})
+    nan = AIMessage(
+        "nan",
+        response_metadata={
+            "gradguard": {
+                **scored_message().response_metadata["gradguard"],
+                "uncertainty": {"hybridgrad": None},
+                "scored": True,
+            }
+        },
+    )
     assert parser.invoke(nan) == "I don't know."
 
 
@@ -93,7 +102,9 @@ def test_in_a_chain_with_chat_gradguard() -> None:
     message = chat.invoke("Which planet is largest?")
     value = result_for(message).hybridgrad
     answer = RunnableLambda(lambda _: message)
-    assert (answer | ConfidenceGuardParser(signal="hybridgrad", max_uncertainty=value * 1.01)).invoke("q") == message.content
+    assert (answer | ConfidenceGuardParser(signal="hybridgrad", max_uncertainty=value * 1.01)).invoke(
+        "q"
+    ) == message.content
     with pytest.raises(LowConfidenceError):
         (answer | ConfidenceGuardParser(signal="hybridgrad", max_uncertainty=value * 0.99)).invoke("q")
     with pytest.raises(LowConfidenceError, match="no calibrated confidence"):  # uncalibrated: confidence is None

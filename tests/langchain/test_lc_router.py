@@ -19,25 +19,28 @@ from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.messages import AIMessage  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
 from langchain_core.runnables import RunnableLambda  # noqa: E402
+from lc_support import scored_message, tiny_scorer  # noqa: E402
 
 from gradguard.integrations.langchain import (  # noqa: E402
     ROUTE_EVENT,
-    AnswerRejectedError,
     ChatGradguard,
     ConfidenceRouter,
     GuardConfigError,
     RouterInputError,
     chat_model_target,
     human_review_target,
-    result_for,
     runnable_target,
 )
 from gradguard.review import SQLiteReviewQueue  # noqa: E402
 from gradguard.routing import Action, RoutingPolicy, Tier  # noqa: E402
-from lc_support import scored_message, tiny_scorer  # noqa: E402
 
 TIERS = RoutingPolicy(
-    [Tier(0.8, Action.ACCEPT), Tier(0.6, Action.ESCALATE, "retrieval"), Tier(0.4, Action.REJECT), Tier(0.0, Action.ABSTAIN)]
+    [
+        Tier(0.8, Action.ACCEPT),
+        Tier(0.6, Action.ESCALATE, "retrieval"),
+        Tier(0.4, Action.REJECT),
+        Tier(0.0, Action.ABSTAIN),
+    ]
 )
 
 
@@ -62,7 +65,9 @@ class Recorder(BaseCallbackHandler):
         self.tags.append(list(kwargs.get("tags") or []))
 
 
-def route(router: ConfidenceRouter, question: Any = "What is the capital of France?", **config: Any) -> tuple[AIMessage, dict]:
+def route(
+    router: ConfidenceRouter, question: Any = "What is the capital of France?", **config: Any
+) -> tuple[AIMessage, dict]:
     out = router.invoke(question, config=config or None)
     meta = out.response_metadata["gradguard_route"]
     json.dumps(out.response_metadata)  # JSON-able, NaN-free
@@ -106,7 +111,10 @@ def test_escalate_to_a_larger_chat_model() -> None:
     larger_answer = larger.invoke("Name a prime.")
     policy = RoutingPolicy([Tier(0.5, Action.ACCEPT), Tier(0.0, Action.ESCALATE, "larger")])
     router = ConfidenceRouter(
-        small, policy, targets={"larger": chat_model_target(larger, name="larger")}, confidence_fn=lambda r: 1.0 if r.model == "tiny-llama-0" else 0.1
+        small,
+        policy,
+        targets={"larger": chat_model_target(larger, name="larger")},
+        confidence_fn=lambda r: 1.0 if r.model == "tiny-llama-0" else 0.1,
     )
     out, meta = route(router, "Name a prime.")
     assert meta["action"] == "accept" and out.content == larger_answer.content
@@ -128,7 +136,11 @@ def test_runnable_target_with_scorer_scores_a_foreign_chat_model() -> None:
 
 
 def test_batch_and_ainvoke() -> None:
-    router = ConfidenceRouter(RunnableLambda(lambda q: scored_message(q, confidence=0.9 if "easy" in q else 0.1)), TIERS, targets={"retrieval": retrieval_target()})
+    router = ConfidenceRouter(
+        RunnableLambda(lambda q: scored_message(q, confidence=0.9 if "easy" in q else 0.1)),
+        TIERS,
+        targets={"retrieval": retrieval_target()},
+    )
     outs = router.batch(["easy one", "hard one", "easy two"], config={"max_concurrency": 4})
     assert [o.response_metadata["gradguard_route"]["action"] for o in outs] == ["accept", "abstain", "accept"]
     assert [o.content for o in outs] == ["easy one", "I don't know.", "easy two"]
@@ -149,7 +161,9 @@ def test_bad_router_configuration() -> None:
     with pytest.raises(GuardConfigError, match="needs max_uncertainty"):
         ConfidenceRouter(answering(0.9), TIERS, targets={"retrieval": retrieval_target()}, signal="semgrad")
     with pytest.raises(GuardConfigError, match="negative"):
-        ConfidenceRouter(answering(0.9), TIERS, targets={"retrieval": retrieval_target()}, signal="semgrad", max_uncertainty=-1)
+        ConfidenceRouter(
+            answering(0.9), TIERS, targets={"retrieval": retrieval_target()}, signal="semgrad", max_uncertainty=-1
+        )
     with pytest.raises(RouterInputError, match="on_reject"):
         ConfidenceRouter(answering(0.9), TIERS, targets={"retrieval": retrieval_target()}, on_reject="ignore")
     router = ConfidenceRouter(answering(0.9), TIERS, targets={"retrieval": retrieval_target()})
@@ -180,7 +194,12 @@ def test_review_queue_survives_a_killed_router_process(tmp_path: Path) -> None:
         time.sleep(120)
         """
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH")])
+        ),
+    }
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:
         ids = [proc.stdout.readline().strip() for _ in range(3)]
@@ -215,7 +234,10 @@ def test_a_custom_review_queue_plugs_in_through_the_protocol() -> None:
             raise NotImplementedError
 
     queue = ListQueue()
-    router = ConfidenceRouter(answering(0.1, "unsure"), RoutingPolicy.threshold(0.9, Action.ESCALATE, "human"), targets={"human": human_review_target(queue)})
+    router = ConfidenceRouter(
+        answering(0.1, "unsure"),
+        RoutingPolicy.threshold(0.9, Action.ESCALATE, "human"),
+        targets={"human": human_review_target(queue)},
+    )
     out, meta = route(router, "Custom queue?")
     assert meta["review_id"] == "item-1" and queue.items[0][:3] == ("Custom queue?", "unsure", 0.1)
-

@@ -10,9 +10,9 @@ pytest.importorskip("langchain_core")
 pytest.importorskip("langchain_tests")
 
 from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
+from lc_support import tiny_scorer  # noqa: E402
 
 from gradguard.integrations.langchain import ChatGradguard, ChatInputError  # noqa: E402
-from lc_support import tiny_scorer  # noqa: E402
 
 
 class TestChatGradguardStandard(ChatModelUnitTests):
@@ -40,7 +40,9 @@ class TestChatGradguardStandard(ChatModelUnitTests):
 
     # The suite's tool and structured-output checks return early when the capability flags are
     # False; run them for real instead, as expected failures of a text-only local model.
-    @pytest.mark.xfail(reason="ChatGradguard hosts a text-only local model: no tool calling", raises=NotImplementedError, strict=True)
+    @pytest.mark.xfail(
+        reason="ChatGradguard hosts a text-only local model: no tool calling", raises=NotImplementedError, strict=True
+    )
     def test_bind_tool_pydantic(self, model: Any, my_adder_tool: Any) -> None:
         model.bind_tools([my_adder_tool], tool_choice="any")
 

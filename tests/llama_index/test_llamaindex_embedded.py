@@ -20,7 +20,9 @@ def test_default_llm_hosts_the_embedded_model_and_guards_a_query() -> None:
     response = llm.complete("What is the capital of France? Answer with one word.")
     meta = response.additional_kwargs["gradguard"]
     assert "Paris" in response.text
-    assert meta["scored"] is True and meta["model"] == DEFAULT_MODEL and meta["spt_offset"] == -1  # the measured built-in profile
+    assert (
+        meta["scored"] is True and meta["model"] == DEFAULT_MODEL and meta["spt_offset"] == -1
+    )  # the measured built-in profile
     assert llm.metadata.model_name == DEFAULT_MODEL and llm.metadata.context_window == 32768
 
     engine = SummaryIndex([Document(text="The Heron-3 robot runs for 9 hours on one charge.")]).as_query_engine(llm=llm)

@@ -22,12 +22,15 @@ from llama_index.core.instrumentation.events.llm import (  # noqa: E402
     LLMCompletionStartEvent,
 )
 
-from gradguard.result import METADATA_KEYS  # noqa: E402
 from gradguard import GradScorer, ScoreResult  # noqa: E402
 from gradguard.errors import ContextLengthError, InputError  # noqa: E402
 from gradguard.integrations.llama_index import (  # noqa: E402
-    GradguardLlamaIndexError, GradguardLLM, UnknownOptionError, capture_scores,
+    GradguardLlamaIndexError,
+    GradguardLLM,
+    UnknownOptionError,
+    capture_scores,
 )
+from gradguard.result import METADATA_KEYS  # noqa: E402
 
 PROMPT = "What is the capital of France?"
 MESSAGES = [ChatMessage(role=MessageRole.USER, content=PROMPT)]
@@ -98,7 +101,9 @@ def test_chat_puts_the_score_on_the_response_and_the_message(tiny_llm: Gradguard
 def test_system_prompt_is_part_of_the_scored_prompt(li_scorer: GradScorer) -> None:
     plain = GradguardLLM(scorer=li_scorer, max_new_tokens=4).complete(PROMPT).raw
     with_system = GradguardLLM(scorer=li_scorer, max_new_tokens=4, system_prompt="Answer briefly.").complete(PROMPT).raw
-    expected = len(li_scorer.prompt_ids([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": PROMPT}]))
+    expected = len(
+        li_scorer.prompt_ids([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": PROMPT}])
+    )
     assert with_system.n_prompt_tokens == expected > plain.n_prompt_tokens
     # chat() does not add a second system message when one is present.
     chat = GradguardLLM(scorer=li_scorer, max_new_tokens=4, system_prompt="ignored")
@@ -295,7 +300,9 @@ def test_concurrent_calls_on_one_model_are_serialised(tiny_llm: GradguardLLM, li
     model.generate = counting_generate
     try:
         results: dict[str, str] = {}
-        threads = [threading.Thread(target=lambda p=p: results.__setitem__(p, tiny_llm.complete(p).text)) for p in expected]
+        threads = [
+            threading.Thread(target=lambda p=p: results.__setitem__(p, tiny_llm.complete(p).text)) for p in expected
+        ]
         for t in threads:
             t.start()
         for t in threads:

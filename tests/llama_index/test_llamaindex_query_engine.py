@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import threading
 from typing import Any
 
@@ -22,16 +21,15 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode  # noqa
 
 from gradguard import GradScorer, ScoreResult  # noqa: E402
 from gradguard.integrations.llama_index import (  # noqa: E402
-    AnswerRejectedError,
-    capture_scores,
     ConfidenceGuardQueryEngine,
     GradguardLlamaIndexError,
     GradguardLLM,
     Signal,
+    capture_scores,
 )
 from gradguard.integrations.llama_index.utils import CapturedScore, publish_score  # noqa: E402
 from gradguard.review import SQLiteReviewQueue, human_review_target  # noqa: E402
-from gradguard.routing import Action, EscalationResult, RoutingPolicy, Tier  # noqa: E402
+from gradguard.routing import Action, RoutingPolicy, Tier  # noqa: E402
 
 QUESTION = "Who wrote the report?"
 DOCS = [
@@ -193,7 +191,9 @@ def test_rescoring_when_the_llm_attaches_no_score(li_scorer: GradScorer) -> None
 
 def test_rescoring_failure_is_unconfident(li_scorer: GradScorer) -> None:
     engine = SummaryIndex([Document(text="x" * 1500)]).as_query_engine(llm=MockLLM(max_tokens=3))
-    guard = ConfidenceGuardQueryEngine(engine, RoutingPolicy.threshold(0.5), scorer=li_scorer, signal="hybridgrad", max_uncertainty=1e9)
+    guard = ConfidenceGuardQueryEngine(
+        engine, RoutingPolicy.threshold(0.5), scorer=li_scorer, signal="hybridgrad", max_uncertainty=1e9
+    )
     meta = _g(guard.query(QUESTION))
     assert meta["action"] == "abstain" and meta["score_source"] == "missing"
     assert "ContextLengthError" in meta["score"]["error"]
@@ -289,7 +289,9 @@ def test_concurrent_queries_are_serialised_and_keep_their_own_scores(
     model.generate = counting_generate
     try:
         threads = [
-            threading.Thread(target=lambda q=q: got.__setitem__(q, _g(guard.query(q))["score"]["uncertainty"]["hybridgrad"]))
+            threading.Thread(
+                target=lambda q=q: got.__setitem__(q, _g(guard.query(q))["score"]["uncertainty"]["hybridgrad"])
+            )
             for q in questions
         ]
         for t in threads:
@@ -305,7 +307,9 @@ def test_concurrent_queries_are_serialised_and_keep_their_own_scores(
 
 
 def test_tool_output_carries_the_verdict(result_factory: Any) -> None:
-    good = ConfidenceGuardQueryEngine(ScriptedEngine("Ada Lovelace.", result_factory(0.91)), RoutingPolicy.threshold(0.8))
+    good = ConfidenceGuardQueryEngine(
+        ScriptedEngine("Ada Lovelace.", result_factory(0.91)), RoutingPolicy.threshold(0.8)
+    )
     bad = ConfidenceGuardQueryEngine(ScriptedEngine("A guess.", result_factory(0.2)), RoutingPolicy.threshold(0.8))
     tool = good.as_tool(name="reports", description="Company reports.")
     assert tool.metadata.name == "reports"
@@ -351,7 +355,9 @@ def test_llm_escalation_without_retrieved_nodes_asks_the_bare_question(
     meta = _g(response)
     assert meta["target"] == "big" and meta["score_source"] == "llm" and meta["action"] == "accept"
     assert response.response == captured[-1].text
-    assert captured[-1].result.n_prompt_tokens == len(li_other_scorer.prompt_ids([{"role": "user", "content": QUESTION}]))
+    assert captured[-1].result.n_prompt_tokens == len(
+        li_other_scorer.prompt_ids([{"role": "user", "content": QUESTION}])
+    )
 
 
 def test_prompts_of_the_wrapped_engine_are_reachable(li_scorer: GradScorer) -> None:

@@ -51,7 +51,7 @@ class RoutingModel(BaseModel):
                 f"{cls.__name__} takes at most {len(cls._positional)} positional arguments "
                 f"({', '.join(cls._positional) or 'none'}), got {len(args)}; pass the rest by keyword"
             )
-        for name, value in zip(cls._positional, args):
+        for name, value in zip(cls._positional, args, strict=False):
             if name in data:
                 raise cls._error(f"{cls.__name__} got {name!r} both positionally and by keyword; pass it once")
             data[name] = value
@@ -62,7 +62,7 @@ class RoutingModel(BaseModel):
             raise convert_validation_error(exc, cls.__name__, cls._error) from None
 
     @classmethod
-    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
         """Like pydantic's, raising ``_error`` instead of ``ValidationError``."""
         try:
             return super().model_validate(obj, **kwargs)
@@ -70,7 +70,7 @@ class RoutingModel(BaseModel):
             raise convert_validation_error(exc, cls.__name__, cls._error) from None
 
     @classmethod
-    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Any:  # type: ignore[override]
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Any:
         """Like pydantic's, raising ``_error`` instead of ``ValidationError``."""
         try:
             return super().model_validate_json(json_data, **kwargs)

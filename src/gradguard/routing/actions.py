@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["Action"]
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """The action a policy tier takes on an answer.
 
     - ``ACCEPT``: return the answer as is.

@@ -213,7 +213,8 @@ class RoutingPolicy(RoutingModel):
                 "RoutingPolicy.threshold(t=0.0) would accept every answer, unscored ones included; "
                 "use a threshold above 0, e.g. RoutingPolicy.threshold(0.8)"
             )
-        return cls(tiers=[Tier(t, Action.ACCEPT), Tier(0.0, below, target)])
+        accept = Tier(min_confidence=t, action=Action.ACCEPT)
+        return cls(tiers=[accept, Tier(min_confidence=0.0, action=below, target=target)])
 
     def decide(
         self, confidence: float | ScoreResult | None, *, from_tier: int = 0, missing_reason: str | None = None

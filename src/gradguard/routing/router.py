@@ -39,7 +39,8 @@ class TrailStep(RoutingModel):
     """One step of a routing run: a decision and what came of it.
 
     ``confidence`` is the answer's calibrated confidence (``None`` when it has none) and
-    ``signal_value`` the value of the router's signal the step was decided on; ``error`` holds the text of a target's exception (or why it could
+    ``signal_value`` the value of the router's signal the step was decided on; ``error`` holds the
+    text of a target's exception (or why it could
     not run). ``tier_index`` and ``reason`` (additions to the base schema) say which
     tier decided and why.
     """
@@ -111,7 +112,9 @@ class RouteOutcome(RoutingModel):
     @model_validator(mode="after")
     def _check_final(self) -> RouteOutcome:
         if self.action is Action.ESCALATE:
-            raise RoutingInputError("a RouteOutcome cannot end in action='escalate'; it ends in accept, abstain or reject")
+            raise RoutingInputError(
+                "a RouteOutcome cannot end in action='escalate'; it ends in accept, abstain or reject"
+            )
         return self
 
     @property
@@ -216,7 +219,9 @@ class Router:
         if signal.is_raw and reading.value is not None:
             reason = f"{reading.reason}, counted as confidence {policy_value:g}; {reason}"
         return decision.model_copy(
-            update={"confidence": confidence, "signal": signal.describe(), "signal_value": reading.value, "reason": reason}
+            update={
+                "confidence": confidence, "signal": signal.describe(), "signal_value": reading.value, "reason": reason
+            }
         )
 
     def route(self, question: str, answer: str, result: Score) -> RouteOutcome:

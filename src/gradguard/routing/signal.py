@@ -13,7 +13,8 @@ It fails closed: no score, an unscored answer (``scored`` False, e.g. an empty a
 missing/NaN value, a function that raises or returns anything but a number in [0, 1]: all
 count as unconfident. So does an answer flagged **out of domain** (``in_domain`` False: it lies
 outside the data the task's calibration was fitted on, where its confidence means little),
-unless the signal is built with ``allow_out_of_domain=True``. The integrations (LangChain's ``GuardSignal``, LlamaIndex's ``Signal``)
+unless the signal is built with ``allow_out_of_domain=True``. The integrations (LangChain's
+``GuardSignal``, LlamaIndex's ``Signal``)
 are thin subclasses of this class. Framework-free: no LangChain or LlamaIndex import.
 """
 
@@ -27,7 +28,7 @@ from typing import Any, ClassVar, NamedTuple, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from gradguard.result import UNCERTAINTY_KEYS, ScoreResult
+from gradguard.result import UNCERTAINTY_KEYS, ScoreResult, unscored_metadata
 from gradguard.routing._models import RoutingModel
 from gradguard.routing.errors import GuardSignalError, RoutingInputError
 from gradguard.routing.policy import UNSCORED_NO_SCORE, read_confidence
@@ -89,29 +90,6 @@ def is_scored(meta: Mapping[str, Any] | None) -> bool:
     if not isinstance(unc, Mapping):
         return False
     return all(_finite(unc.get(k)) is not None for k in ("hybridgrad", "semgrad", "paragrad", "exgrad"))
-
-
-def unscored_metadata(error: str, *, model: str | None = None) -> dict[str, Any]:
-    """The shared metadata dict of an answer that has **no** score (every guard treats it as unconfident).
-
-    Same keys as :meth:`gradguard.ScoreResult.metadata`: every score ``None``, ``scored`` False;
-    ``error`` says why there is no score.
-    """
-    return {
-        "confidence": None,
-        "uncertainty": dict.fromkeys(UNCERTAINTY_KEYS),
-        "task": None,
-        "calibration": None,
-        "in_domain": None,
-        "domain_distance": None,
-        "domain_percentile": None,
-        "model": model,
-        "profile": None,
-        "spt_offset": None,
-        "n_response_tokens": None,
-        "scored": False,
-        "error": error,
-    }
 
 
 def _function_name(function: Any) -> str:
@@ -343,7 +321,8 @@ class GuardSignal(RoutingModel):
                 task, pct = source.task, source.domain_percentile
             else:
                 task, pct = source.get("task"), source.get("domain_percentile")
-            where = f" (farther than {pct:.1f}% of held-out calibration answers)" if isinstance(pct, numbers.Real) else ""
+            real = isinstance(pct, numbers.Real)
+            where = f" (farther than {pct:.1f}% of held-out calibration answers)" if real else ""
             return None, (
                 f"out of domain: the answer lies outside the {task or 'task'} calibration data{where}, so its "
                 "confidence is unreliable; calibrate on data like it, or pass allow_out_of_domain=True"

@@ -7,14 +7,29 @@ decisions come from :class:`gradguard.routing.Router`. No framework import here.
 """
 
 from gradguard.integrations._core.backend import (
-    LocalBackend, Messages, ScoringBackend, StreamPiece, score_foreign, with_system_prompt,
+    LocalBackend,
+    Messages,
+    ScoringBackend,
+    StreamPiece,
+    score_foreign,
+    with_system_prompt,
 )
 from gradguard.integrations._core.errors import (
-    AnswerRejectedError, IntegrationError, MissingDependencyError, UnknownOptionError,
+    AnswerRejectedError,
+    IntegrationError,
+    MissingDependencyError,
+    UnknownOptionError,
 )
 from gradguard.integrations._core.metadata import (
-    GUARD_KEY, METADATA_KEY, ROUTE_EVENT, ROUTE_KEY, attach_metadata, find_metadata, metadata_of,
-    openai_logprobs, unscored_metadata,
+    GUARD_KEY,
+    METADATA_KEY,
+    ROUTE_EVENT,
+    ROUTE_KEY,
+    attach_metadata,
+    find_metadata,
+    metadata_of,
+    openai_logprobs,
+    unscored_metadata,
 )
 from gradguard.integrations._core.options import CALL_OPTIONS, MAX_TOP_LOGPROBS, GenerationOptions
 

@@ -159,7 +159,7 @@ class LocalBackend:
                 else:
                     result: ScoreResult = payload
                     if not result.response.startswith(sent):
-                        logger.warning("streamed text %r is not a prefix of the scored answer %r", sent, result.response)
+                        logger.warning("streamed %r is not a prefix of the scored answer %r", sent, result.response)
                     rest = result.response[len(sent) :] if result.response.startswith(sent) else ""
                     yield StreamPiece(rest, result)
                     return

@@ -97,7 +97,8 @@ def openai_logprobs(
     logprobs: Sequence[float],
     top: Sequence[Sequence[tuple[int, float]]] | None = None,
 ) -> dict[str, Any]:
-    """Log-probabilities in OpenAI's chat format: ``{"content": [{"token", "bytes", "logprob", "top_logprobs"}], "refusal": None}``.
+    """Log-probabilities in OpenAI's chat format:
+    ``{"content": [{"token", "bytes", "logprob", "top_logprobs"}], "refusal": None}``.
 
     ``logprobs[t]`` is ``log p(y_t)`` of the response token ``token_ids[t]`` (the scorer's
     ``token_logprobs``); ``top[t]`` lists ``(token_id, logprob)`` of the most likely tokens

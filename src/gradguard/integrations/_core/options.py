@@ -30,7 +30,7 @@ class GenerationOptions(BaseModel):
     temperature: float | None = Field(None, ge=0, description="Sampling temperature; None or 0 = greedy.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0).")
     top_k: int | None = Field(None, gt=0, description="Sample among the k most likely tokens (with sampling).")
-    do_sample: bool | None = Field(None, description="Sample (True) or decode greedily (False); default: by temperature.")
+    do_sample: bool | None = Field(None, description="Sample (True) or greedy (False); default: by temperature.")
     repetition_penalty: float | None = Field(None, gt=0, description="transformers' repetition penalty.")
     timeout: float | None = Field(None, gt=0, description="Most seconds to spend generating (transformers' max_time).")
     stop: tuple[str, ...] = Field((), description="Stop strings; the answer ends before the first one.")

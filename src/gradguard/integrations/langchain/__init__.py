@@ -21,19 +21,38 @@ from gradguard.integrations._core import MissingDependencyError, UnknownOptionEr
 require("langchain_core", "langchain", "gradguard.integrations.langchain")
 
 from gradguard.integrations.langchain.callbacks import (  # noqa: E402
-    GradguardCallbackHandler, ScoreRecord, UnknownRunError, gradguard_callback,
+    GradguardCallbackHandler,
+    ScoreRecord,
+    UnknownRunError,
+    gradguard_callback,
 )
 from gradguard.integrations.langchain.chat_model import ChatGradguard, ChatInputError, to_chat_dicts  # noqa: E402
 from gradguard.integrations.langchain.metadata import (  # noqa: E402
-    GRADGUARD_KEY, GUARD_KEY, ROUTE_KEY, SIGNALS, GuardConfigError, GuardSignal, is_scored, read_metadata,
+    GRADGUARD_KEY,
+    GUARD_KEY,
+    ROUTE_KEY,
+    SIGNALS,
+    GuardConfigError,
+    GuardSignal,
+    is_scored,
+    read_metadata,
     result_for,
 )
 from gradguard.integrations.langchain.parsers import (  # noqa: E402
-    ConfidenceGuardParser, GuardedText, GuardVerdict, LowConfidenceError,
+    ConfidenceGuardParser,
+    GuardedText,
+    GuardVerdict,
+    LowConfidenceError,
 )
 from gradguard.integrations.langchain.router import (  # noqa: E402
-    ROUTE_EVENT, AnswerRejectedError, ConfidenceRouter, RouterInputError, answer_and_result, chat_model_target,
-    human_review_target, runnable_target,
+    ROUTE_EVENT,
+    AnswerRejectedError,
+    ConfidenceRouter,
+    RouterInputError,
+    answer_and_result,
+    chat_model_target,
+    human_review_target,
+    runnable_target,
 )
 
 __all__ = [

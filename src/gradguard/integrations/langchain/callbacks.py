@@ -21,7 +21,12 @@ from gradguard.errors import GradguardError
 from gradguard.integrations._core import LocalBackend, score_foreign
 from gradguard.integrations.langchain.chat_model import to_chat_dicts
 from gradguard.integrations.langchain.metadata import (
-    GRADGUARD_KEY, is_scored, read_metadata, remember_result, result_for, unscored_metadata,
+    GRADGUARD_KEY,
+    is_scored,
+    read_metadata,
+    remember_result,
+    result_for,
+    unscored_metadata,
 )
 from gradguard.result import ScoreResult
 from gradguard.scorer import GradScorer
@@ -96,7 +101,9 @@ class GradguardCallbackHandler(BaseCallbackHandler):
 
     raise_error: bool = False
 
-    def __init__(self, scorer: GradScorer | None = None, *, attach: bool = True, max_records: int | None = 10_000) -> None:
+    def __init__(
+        self, scorer: GradScorer | None = None, *, attach: bool = True, max_records: int | None = 10_000
+    ) -> None:
         super().__init__()
         self.scorer = scorer
         self.attach = attach
@@ -135,7 +142,8 @@ class GradguardCallbackHandler(BaseCallbackHandler):
     def all_records(self) -> list[ScoreRecord]:
         """Every record, in the order the completions ended."""
         with self._lock:
-            return sorted((r for v in self._records.values() for r in v), key=lambda r: self._order[(r.run_id, r.index)])
+            records = (r for v in self._records.values() for r in v)
+            return sorted(records, key=lambda r: self._order[(r.run_id, r.index)])
 
     # --- callbacks --------------------------------------------------------------------------------
 
@@ -158,7 +166,9 @@ class GradguardCallbackHandler(BaseCallbackHandler):
         with self._lock:
             self._prompts.pop(run_id, None)
 
-    def on_llm_end(self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+    def on_llm_end(
+        self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
         """Score each completion of the run and attach its metadata; never raises."""
         with self._lock:
             prompt = self._prompts.pop(run_id, None)

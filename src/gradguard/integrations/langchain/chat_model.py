@@ -13,7 +13,12 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gradguard.integrations._core import (
-    METADATA_KEY, GenerationOptions, IntegrationError, LocalBackend, Messages, UnknownOptionError,
+    METADATA_KEY,
+    GenerationOptions,
+    IntegrationError,
+    LocalBackend,
+    Messages,
+    UnknownOptionError,
     with_system_prompt,
 )
 from gradguard.integrations.langchain.metadata import remember_result
@@ -118,7 +123,7 @@ class ChatGradguard(BaseChatModel):
     logprobs: bool = Field(False, description="Add OpenAI-style logprobs to response_metadata.")
     top_logprobs: int | None = Field(None, description="Alternatives per token in logprobs (0-20).")
     streaming: bool = Field(False, description="Stream by default in invoke (LangChain's flag).")
-    task: str | None = Field(None, description="Calibration task ('chat', 'rag', 'closed-qa', ...); None: profile default.")
+    task: str | None = Field(None, description="Calibration task ('chat', 'rag', ...); None: the profile's default.")
 
     _backend: LocalBackend = PrivateAttr()
     _defaults: GenerationOptions = PrivateAttr()
@@ -172,7 +177,9 @@ class ChatGradguard(BaseChatModel):
             params["ls_stop"] = list(stop or self.stop or [])
         return params
 
-    def _call(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[Messages, GenerationOptions]:
+    def _call(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[Messages, GenerationOptions]:
         kwargs.pop("stream", None)  # LangChain's own flag
         model = kwargs.pop("model", None)
         if model not in (None, self.model, self.model_name):
@@ -203,9 +210,9 @@ class ChatGradguard(BaseChatModel):
     ) -> ChatResult:
         dicts, options = self._call(messages, stop, kwargs)
         result = self._backend.generate(dicts, options)
-        message = AIMessage(content=result.response, id=f"gradguard-{uuid.uuid4().hex}",
-                            **self._message_parts(result, options))
-        remember_result(message.id, result)
+        message_id = f"gradguard-{uuid.uuid4().hex}"
+        message = AIMessage(content=result.response, id=message_id, **self._message_parts(result, options))
+        remember_result(message_id, result)
         return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"model_name": self.model_name})
 
     def _stream(

@@ -150,7 +150,7 @@ class ConfidenceGuardParser(BaseOutputParser[str]):
         reading = self._guard.read(obj)
         return GuardVerdict(
             passed=reading.passed,
-            action="pass" if reading.passed else self.on_fail,  # type: ignore[arg-type]
+            action="pass" if reading.passed else self.on_fail,
             signal=self._guard.name,
             threshold=self._guard.threshold,
             value=reading.value,

@@ -19,13 +19,18 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializa
 from langchain_core.runnables.config import ensure_config
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
+from gradguard.errors import GradguardError
 from gradguard.integrations._core import (
-    METADATA_KEY, ROUTE_EVENT, ROUTE_KEY, AnswerRejectedError, IntegrationError, metadata_of,
+    METADATA_KEY,
+    ROUTE_EVENT,
+    ROUTE_KEY,
+    AnswerRejectedError,
+    IntegrationError,
+    metadata_of,
 )
 from gradguard.integrations.langchain.metadata import GuardConfigError, GuardSignal, read_metadata, result_for
 from gradguard.result import ScoreResult
 from gradguard.review import human_review_target
-from gradguard.errors import GradguardError
 from gradguard.routing import Action, EscalationResult, EscalationTarget, Router, RoutingPolicy
 from gradguard.routing.router import Score
 from gradguard.scorer import GradScorer
@@ -138,7 +143,8 @@ def runnable_target(
 
         handler = GradguardCallbackHandler(scorer) if scorer is not None else None
         payload = input_fn(question, answer, result) if input_fn is not None else question
-        config = _child_config(["gradguard:escalation", f"gradguard:target:{name}"], f"gradguard_escalation:{name}", handler)
+        tags = ["gradguard:escalation", f"gradguard:target:{name}"]
+        config = _child_config(tags, f"gradguard_escalation:{name}", handler)
         text, score = answer_and_result(runnable.invoke(payload, config=config))
         return EscalationResult(answer=text, result=score, metadata={"target": name})
 
@@ -216,11 +222,14 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
-            raise RouterInputError(f"ConfidenceRouter {loc}={err.get('input', '(missing)')!r}: {err.get('msg')}") from None
+            got = err.get("input", "(missing)")
+            raise RouterInputError(f"ConfidenceRouter {loc}={got!r}: {err.get('msg')}") from None
         if self.on_reject not in ("mark", "raise"):
             raise RouterInputError(f"on_reject={self.on_reject!r}: use 'mark' (abstain text, action reject) or 'raise'")
         if self.confidence_fn is not None and (self.signal != "confidence" or self.max_uncertainty is not None):
-            raise GuardConfigError("ConfidenceRouter: confidence_fn replaces signal/max_uncertainty; pass one or the other")
+            raise GuardConfigError(
+                "ConfidenceRouter: confidence_fn replaces signal/max_uncertainty; pass one or the other"
+            )
         signal = GuardSignal.from_options(
             self.confidence_fn if self.confidence_fn is not None else self.signal, self.max_uncertainty,
             owner="ConfidenceRouter",

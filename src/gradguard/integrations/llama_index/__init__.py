@@ -21,11 +21,21 @@ require("llama_index.core", "llama-index", "gradguard.integrations.llama_index")
 from gradguard.integrations.llama_index.base import GradguardLLM  # noqa: E402
 from gradguard.integrations.llama_index.handler import GradguardEventHandler, ScoredCall  # noqa: E402
 from gradguard.integrations.llama_index.query_engine import (  # noqa: E402
-    ConfidenceGuardQueryEngine, Escalation, GuardedQueryEngineTool, verdict_line,
+    ConfidenceGuardQueryEngine,
+    Escalation,
+    GuardedQueryEngineTool,
+    verdict_line,
 )
 from gradguard.integrations.llama_index.utils import (  # noqa: E402
-    METADATA_KEY, SIGNALS, CapturedScore, GradguardLlamaIndexError, Signal, capture_scores,
-    missing_score_metadata, read_metadata, read_result,
+    METADATA_KEY,
+    SIGNALS,
+    CapturedScore,
+    GradguardLlamaIndexError,
+    Signal,
+    capture_scores,
+    missing_score_metadata,
+    read_metadata,
+    read_result,
 )
 
 __all__ = [

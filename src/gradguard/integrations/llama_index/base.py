@@ -7,11 +7,17 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from llama_index.core.base.llms.generic_utils import (
-    chat_to_completion_decorator, stream_chat_to_completion_decorator,
+    chat_to_completion_decorator,
+    stream_chat_to_completion_decorator,
 )
 from llama_index.core.base.llms.types import (
-    ChatMessage, ChatResponse, ChatResponseAsyncGen, ChatResponseGen, CompletionResponse,
-    CompletionResponseAsyncGen, CompletionResponseGen, LLMMetadata, MessageRole,
+    ChatMessage,
+    ChatResponse,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CallbackManager
@@ -19,10 +25,18 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 
 from gradguard.integrations._core import (
-    GenerationOptions, IntegrationError, LocalBackend, UnknownOptionError, with_system_prompt,
+    GenerationOptions,
+    IntegrationError,
+    LocalBackend,
+    UnknownOptionError,
+    with_system_prompt,
 )
 from gradguard.integrations.llama_index.utils import (
-    CapturedScore, GradguardLlamaIndexError, attach_metadata, messages_to_dicts, publish_score,
+    CapturedScore,
+    GradguardLlamaIndexError,
+    attach_metadata,
+    messages_to_dicts,
+    publish_score,
 )
 from gradguard.result import ScoreResult
 from gradguard.scorer import GradScorer
@@ -62,10 +76,10 @@ class GradguardLLM(CustomLLM):
         LangChain; ``response.raw`` is the full :class:`gradguard.ScoreResult`.
     """
 
-    model: str | None = Field(default=None, description="Model source: None = embedded default, else HF id, folder or .gguf.")
+    model: str | None = Field(default=None, description="Model source: None = embedded default; HF id, folder, .gguf.")
     max_new_tokens: int = Field(default=256, gt=0, description="Most tokens generated per answer.")
-    context_window: int | None = Field(default=None, gt=0, description="Context window to report (default: the model's).")
-    generate_kwargs: dict[str, Any] = Field(default_factory=dict, description="Default generation options (see Invoke).")
+    context_window: int | None = Field(default=None, gt=0, description="Context window to report (None: the model's).")
+    generate_kwargs: dict[str, Any] = Field(default_factory=dict, description="Default generation options.")
     task: str | None = Field(default=None, description="Calibration task ('chat', 'rag', ...); None: profile default.")
 
     _backend: LocalBackend = PrivateAttr()
@@ -127,7 +141,9 @@ class GradguardLLM(CustomLLM):
             model_name=self._backend.model_name,
         )
 
-    def _run(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[list[dict[str, str]], GenerationOptions]:
+    def _run(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+    ) -> tuple[list[dict[str, str]], GenerationOptions]:
         options = self._defaults.merged(kwargs, owner="GradguardLLM")
         return with_system_prompt(messages_to_dicts(messages), self.system_prompt), options
 
@@ -181,7 +197,9 @@ class GradguardLLM(CustomLLM):
         return await asyncio.to_thread(self._chat, messages, **kwargs)
 
     @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> AsyncIterator[ChatResponse]:
         """Async :meth:`stream_chat`; the last chunk carries the score."""
         return _aiterate(lambda: self._stream_chat(messages, **kwargs))
 
@@ -191,7 +209,9 @@ class GradguardLLM(CustomLLM):
         return await asyncio.to_thread(chat_to_completion_decorator(self._chat), prompt, **kwargs)
 
     @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> AsyncIterator[CompletionResponse]:
         """Async :meth:`stream_complete`; the last chunk carries the score."""
         return _aiterate(lambda: stream_chat_to_completion_decorator(self._stream_chat)(prompt, **kwargs))
 

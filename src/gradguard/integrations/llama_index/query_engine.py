@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.base.response.schema import (
-    RESPONSE_TYPE, AsyncStreamingResponse, PydanticResponse, Response, StreamingResponse,
+    RESPONSE_TYPE,
+    AsyncStreamingResponse,
+    PydanticResponse,
+    Response,
+    StreamingResponse,
 )
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.llms.llm import LLM
@@ -23,8 +27,15 @@ from llama_index.core.tools import QueryEngineTool, ToolMetadata, ToolOutput
 from gradguard.errors import GradguardError
 from gradguard.integrations._core import AnswerRejectedError, LocalBackend, score_foreign
 from gradguard.integrations.llama_index.utils import (
-    METADATA_KEY, CapturedScore, GradguardLlamaIndexError, Signal, SignalFn, capture_scores, messages_to_dicts,
-    missing_score_metadata, same_answer,
+    METADATA_KEY,
+    CapturedScore,
+    GradguardLlamaIndexError,
+    Signal,
+    SignalFn,
+    capture_scores,
+    messages_to_dicts,
+    missing_score_metadata,
+    same_answer,
 )
 from gradguard.result import ScoreResult
 from gradguard.routing import Action, EscalationResult, EscalationTarget, RouteOutcome, Router, RoutingPolicy
@@ -86,11 +97,11 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
     (:meth:`gradguard.routing.RouteOutcome.metadata`: ``action``, ``reason``, ``confidence`` — the
     calibrated one, or ``None`` —, ``signal``, ``signal_value``, ``tier``, ``trail``, ``review_id``) plus
     ``score`` (:meth:`gradguard.ScoreResult.metadata` of the last answer considered), ``score_source``
-    and ``target``. A policy that escalates to a name ``escalations`` lacks raises at construction. Abstained and rejected responses carry the
-    policy's ``abstain_text`` and no source nodes; with ``raise_on_reject=True`` a rejection
-    raises :class:`AnswerRejectedError`. A streaming inner engine is drained first (the guard
-    needs the whole answer). Use :meth:`as_tool` to give an agent the guarded engine; the tool
-    output states the action and confidence.
+    and ``target``. A policy that escalates to a name ``escalations`` lacks raises at construction.
+    Abstained and rejected responses carry the policy's ``abstain_text`` and no source nodes; with
+    ``raise_on_reject=True`` a rejection raises :class:`AnswerRejectedError`. A streaming inner
+    engine is drained first (the guard needs the whole answer). :meth:`as_tool` gives an agent the
+    guarded engine; the tool output states the action and confidence.
 
     Example: ``examples/llamaindex_rag_abstention.py``; offline on a tiny model in ``docs/llama_index.md``.
     """
@@ -221,8 +232,8 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
             elif isinstance(target, LLM):
                 candidate = self._answer_with_llm(target, question, state)
             else:
-                original = state.candidates[-1].result if state.candidates else None
-                escalated = target(question, answer, original)
+                last = state.candidates[-1].result if state.candidates else None
+                escalated = target(question, answer, last if isinstance(last, ScoreResult) else None)
                 if not isinstance(escalated, EscalationResult) or escalated.pending_review_id is not None:
                     return escalated  # garbage: the router records a target error; review: it abstains
                 candidate = _Candidate(
