@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
@@ -58,52 +58,35 @@ class _Candidate:
     response: Response
     result: ScoreResult | dict[str, Any] | None
     score_source: str
-    target: str | None = None
     error: str | None = None
-
-
-@dataclass
-class _CallState:
-    candidates: list[_Candidate] = field(default_factory=list)
+    target: str | None = None
 
 
 class ConfidenceGuardQueryEngine(BaseQueryEngine):
-    """Wraps any query engine and accepts, abstains, rejects or escalates its answer by gradguard's routing policy.
+    """Wraps any query engine and accepts, abstains, rejects or escalates its answer by a routing policy.
 
-    **Where the score comes from** (first that applies; recorded as ``score_source``):
+    Setup:
+        ``ConfidenceGuardQueryEngine(index.as_query_engine(llm=GradguardLLM()), RoutingPolicy.threshold(0.8))``;
+        ``escalations={name: ...}`` names the targets of the policy's escalate tiers (a name it lacks raises
+        here): a query engine (wider retrieval, a larger LLM), an ``LLM`` (re-answers over the nodes
+        retrieved so far) or any ``EscalationTarget`` such as ``human_review_target(queue)``.
 
-    1. ``"llm"`` / ``"handler"``: the score attached to the LLM call that produced the final answer,
-       when the engine's LLM is a :class:`GradguardLLM` or is watched by a
-       :class:`GradguardEventHandler` (captured during the query; matched by answer text). Exact
-       and free.
-    2. ``"rescored"``: with ``scorer=`` given, the answer is scored teacher-forced against the
-       question and the retrieved nodes, formatted with ``qa_template`` (LlamaIndex's default
-       chat QA prompt). Use it for LLMs gradguard does not host (costs one scoring pass).
-    3. ``"missing"``: no score → unconfident (the floor tier applies; fail closed).
+    Score (``score_source``): ``"llm"``/``"handler"``, the score a :class:`GradguardLLM` or a
+    :class:`GradguardEventHandler` attached to the call that produced the answer (captured during
+    the query, matched by text); else ``"rescored"`` with ``scorer=`` (teacher-forced against the
+    question and the retrieved nodes in ``qa_template``); else ``"missing"``: unconfident.
 
-    **The signal** the policy's confidence tiers read (``signal=``): ``"confidence"`` (the
-    calibrated probability; ``None`` on uncalibrated models, so every answer is unconfident), or a
-    raw uncertainty such as ``signal="hybridgrad", max_uncertainty=0.02`` (confident iff
-    ``hybridgrad <= 0.02``; larger uncertainty = less confident), or any function
-    ``ScoreResult -> float | None``. Missing, unscored or NaN → unconfident.
+    Signal: ``signal="confidence"`` (calibrated; ``None`` on an uncalibrated model, so unconfident), a
+    raw uncertainty with ``max_uncertainty`` (larger = **less** confident), or a function; handed
+    to the core :class:`~gradguard.routing.Router`, which fails closed.
 
-    **Escalation** targets (``escalations={name: ...}``, named by the policy's escalate tiers):
-    a query engine (e.g. the same index with a larger ``similarity_top_k``, or with a larger LLM),
-    an ``LLM`` (re-answers over the nodes retrieved so far), or any routing ``EscalationTarget``
-    such as ``human_review_target(queue)``. The escalated answer is scored the same way and the
-    policy decides again; a target that fails is recorded in the trail and the next tier applies.
-
-    The returned ``Response`` carries ``metadata["gradguard"]``: the routing outcome
-    (:meth:`gradguard.routing.RouteOutcome.metadata`: ``action``, ``reason``, ``confidence`` — the
-    calibrated one, or ``None`` —, ``signal``, ``signal_value``, ``tier``, ``trail``, ``review_id``) plus
-    ``score`` (:meth:`gradguard.ScoreResult.metadata` of the last answer considered), ``score_source``
-    and ``target``. A policy that escalates to a name ``escalations`` lacks raises at construction.
-    Abstained and rejected responses carry the policy's ``abstain_text`` and no source nodes; with
-    ``raise_on_reject=True`` a rejection raises :class:`AnswerRejectedError`. A streaming inner
-    engine is drained first (the guard needs the whole answer). :meth:`as_tool` gives an agent the
-    guarded engine; the tool output states the action and confidence.
-
-    Example: ``examples/llamaindex_rag_abstention.py``; offline on a tiny model in ``docs/llama_index.md``.
+    Metadata: the returned ``Response`` carries ``metadata["gradguard"]``, the routing outcome
+    (:meth:`gradguard.routing.RouteOutcome.metadata`: ``action``, ``reason``, ``confidence`` (the
+    calibrated one or ``None``), ``signal``, ``signal_value``, ``tier``, ``trail``, ``review_id``)
+    plus ``score`` (:meth:`gradguard.ScoreResult.metadata` of the last answer), ``score_source`` and
+    ``target``. Abstained and rejected responses carry the ``abstain_text`` and no source nodes;
+    ``raise_on_reject=True`` raises :class:`AnswerRejectedError` instead. A streaming inner engine
+    is drained first. Tools: :meth:`as_tool` gives an agent the guarded engine with a verdict line.
     """
 
     def __init__(
@@ -210,43 +193,36 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
     def _answer(self, engine: BaseQueryEngine, bundle: QueryBundle) -> _Candidate:
         with capture_scores() as captured:
             response = _materialize(engine.query(bundle))
-        result, source, error = self._find_score(bundle.query_str, response, captured)
-        return _Candidate(response=response, result=result, score_source=source, error=error)
+        return _Candidate(response, *self._find_score(bundle.query_str, response, captured))
 
     async def _aanswer(self, engine: BaseQueryEngine, bundle: QueryBundle) -> _Candidate:
         with capture_scores() as captured:
-            raw = await engine.aquery(bundle)
-            response = await _amaterialize(raw)
-        result, source, error = await asyncio.to_thread(self._find_score, bundle.query_str, response, captured)
-        return _Candidate(response=response, result=result, score_source=source, error=error)
+            response = await _amaterialize(await engine.aquery(bundle))
+        return _Candidate(response, *await asyncio.to_thread(self._find_score, bundle.query_str, response, captured))
 
     # ------------------------------------------------------------------ escalation
 
-    def _targets(self, bundle: QueryBundle, state: _CallState) -> dict[str, EscalationTarget]:
-        return {name: self._wrap(name, target, bundle, state) for name, target in self._escalations.items()}
+    def _targets(self, bundle: QueryBundle, candidates: list[_Candidate]) -> dict[str, EscalationTarget]:
+        return {name: self._wrap(name, target, bundle, candidates) for name, target in self._escalations.items()}
 
-    def _wrap(self, name: str, target: Escalation, bundle: QueryBundle, state: _CallState) -> EscalationTarget:
+    def _wrap(
+        self, name: str, target: Escalation, bundle: QueryBundle, candidates: list[_Candidate]
+    ) -> EscalationTarget:
         def run(question: str, answer: str, result: ScoreResult | None) -> EscalationResult:
+            escalated: Any = None
             if isinstance(target, BaseQueryEngine):
                 candidate = self._answer(target, _same_bundle(bundle, question))
             elif isinstance(target, LLM):
-                candidate = self._answer_with_llm(target, question, state)
+                candidate = self._answer_with_llm(target, question, candidates)
             else:
-                last = state.candidates[-1].result if state.candidates else None
-                escalated = target(question, answer, last if isinstance(last, ScoreResult) else None)
+                escalated = target(question, answer, result)
                 if not isinstance(escalated, EscalationResult) or escalated.pending_review_id is not None:
                     return escalated  # garbage: the router records a target error; review: it abstains
-                candidate = _Candidate(
-                    response=Response(escalated.answer, []),
-                    result=escalated.result,
-                    score_source="target" if escalated.result is not None else "missing",
-                )
-                candidate.target = name
-                state.candidates.append(candidate)
-                return escalated
+                source = "target" if escalated.result is not None else "missing"
+                candidate = _Candidate(Response(escalated.answer, []), escalated.result, source)
             candidate.target = name
-            state.candidates.append(candidate)
-            return EscalationResult(
+            candidates.append(candidate)
+            return escalated or EscalationResult(
                 answer=candidate.response.response or "",
                 result=candidate.result,
                 metadata={"target": name, "score_source": candidate.score_source},
@@ -255,10 +231,10 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
         run.__name__ = run.__qualname__ = f"escalate_to_{name}"
         return run
 
-    def _answer_with_llm(self, llm: LLM, question: str, state: _CallState) -> _Candidate:
+    def _answer_with_llm(self, llm: LLM, question: str, candidates: list[_Candidate]) -> _Candidate:
         from llama_index.core.response_synthesizers import ResponseMode, get_response_synthesizer
 
-        nodes = list(state.candidates[-1].response.source_nodes) if state.candidates else []
+        nodes = list(candidates[-1].response.source_nodes) if candidates else []
         with capture_scores() as captured:
             if nodes:
                 synthesizer = get_response_synthesizer(llm=llm, response_mode=ResponseMode.COMPACT)
@@ -266,19 +242,17 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
             else:  # nothing was retrieved: ask the LLM the bare question
                 reply = llm.chat([ChatMessage(role=MessageRole.USER, content=question)])
                 response = Response(reply.message.content or "", [])
-        result, source, error = self._find_score(question, response, captured)
-        return _Candidate(response=response, result=result, score_source=source, error=error)
+        return _Candidate(response, *self._find_score(question, response, captured))
 
     # ------------------------------------------------------------------ routing
 
-    def _route(self, bundle: QueryBundle, state: _CallState) -> Response:
-        first = state.candidates[0]
-        router = Router(self._policy, self._targets(bundle, state), signal=self._signal)
+    def _route(self, bundle: QueryBundle, candidates: list[_Candidate]) -> Response:
+        first = candidates[0]
+        router = Router(self._policy, self._targets(bundle, candidates), signal=self._signal)
         outcome = router.route(bundle.query_str, first.response.response or "", first.result)
-        return self._finish(outcome, state)
+        return self._finish(outcome, candidates[-1])
 
-    def _finish(self, outcome: RouteOutcome, state: _CallState) -> Response:
-        last = state.candidates[-1]
+    def _finish(self, outcome: RouteOutcome, last: _Candidate) -> Response:
         if isinstance(last.result, ScoreResult):
             score = last.result.metadata()
         else:
@@ -298,15 +272,12 @@ class ConfidenceGuardQueryEngine(BaseQueryEngine):
         return response
 
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        state = _CallState()
-        state.candidates.append(self._answer(self._query_engine, query_bundle))
-        return self._route(query_bundle, state)
+        return self._route(query_bundle, [self._answer(self._query_engine, query_bundle)])
 
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        state = _CallState()
-        state.candidates.append(await self._aanswer(self._query_engine, query_bundle))
+        first = await self._aanswer(self._query_engine, query_bundle)
         # Escalation targets are synchronous (they may run a whole query); keep the event loop free.
-        return await asyncio.to_thread(self._route, query_bundle, state)
+        return await asyncio.to_thread(self._route, query_bundle, [first])
 
     # ------------------------------------------------------------------ tool
 
@@ -392,9 +363,7 @@ def _materialize(response: RESPONSE_TYPE) -> Response:
     """A plain ``Response`` (a streaming one is drained; a pydantic one is serialised)."""
     if isinstance(response, Response):
         return response
-    if isinstance(response, StreamingResponse):
-        return response.get_response()
-    if isinstance(response, PydanticResponse):
+    if isinstance(response, (StreamingResponse, PydanticResponse)):
         return response.get_response()
     if isinstance(response, AsyncStreamingResponse):
         raise GradguardLlamaIndexError(
