@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections.abc import Iterator
@@ -41,12 +40,9 @@ class UnknownRunError(GradguardError, KeyError):
 
 
 class ScoreRecord(BaseModel):
-    """The score of one completion seen by a :class:`GradguardCallbackHandler`.
-
-    ``metadata`` is the shared ``response_metadata["gradguard"]`` dict; ``result`` the full
-    :class:`~gradguard.ScoreResult` (``None`` when scoring failed, then ``error`` says why
-    and ``scored`` is False: treat the answer as unconfident).
-    """
+    """The score of one completion seen by a :class:`GradguardCallbackHandler`: ``metadata`` is the shared
+    ``response_metadata["gradguard"]`` dict, ``result`` the full :class:`~gradguard.ScoreResult` (``None`` when
+    scoring failed: ``error`` says why and ``scored`` is False, so treat the answer as unconfident)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -64,39 +60,18 @@ class ScoreRecord(BaseModel):
         return is_scored(self.metadata)
 
 
-def _scorer_from(llm: Any) -> GradScorer:
-    """A scorer over the model and tokenizer of a ``ChatHuggingFace``, ``HuggingFacePipeline`` or pipeline."""
-    inner = getattr(llm, "llm", llm)  # ChatHuggingFace -> HuggingFacePipeline
-    pipe = getattr(inner, "pipeline", inner)  # HuggingFacePipeline -> transformers pipeline
-    model = getattr(pipe, "model", None)
-    tokenizer = getattr(llm, "tokenizer", None) or getattr(pipe, "tokenizer", None)
-    if model is None or tokenizer is None or not hasattr(model, "generate"):
-        raise GradguardError(
-            f"cannot find a local Hugging Face model and tokenizer in {type(llm).__name__}; pass a ChatHuggingFace "
-            "over a HuggingFacePipeline, or build GradguardCallbackHandler(scorer=GradScorer(model, tokenizer))"
-        )
-    name = getattr(inner, "model_id", None) or getattr(llm, "model_id", None)
-    return GradScorer(model, tokenizer, model_name=name if isinstance(name, str) else None)
-
-
 class GradguardCallbackHandler(BaseCallbackHandler):
     """Scores every chat completion of the runs it watches and attaches the score to the message.
 
-    Made for applications that host their model with ``langchain_huggingface``
-    (``ChatHuggingFace`` over a local ``HuggingFacePipeline``): the handler records the
-    messages at ``on_chat_model_start``, scores the completion teacher-forced at
-    ``on_llm_end`` with a :class:`~gradguard.GradScorer` over the same model, sets
-    ``message.response_metadata["gradguard"]`` (same schema as ``ChatGradguard``; larger
-    uncertainty = less confident) and keeps a thread-safe record by run id.
+    For models hosted with ``langchain_huggingface`` (``ChatHuggingFace`` over a local ``HuggingFacePipeline``):
+    it records the messages at ``on_chat_model_start``, scores the completion teacher-forced at ``on_llm_end``
+    with a :class:`~gradguard.GradScorer` over the same model, sets ``message.response_metadata["gradguard"]``
+    (same schema as ``ChatGradguard``; larger uncertainty = less confident) and keeps a thread-safe record by
+    run id (read it with :meth:`record` when the chain streams: the chunks are gone when the score is known).
 
-    It never raises into the chain: a completion that cannot be scored is recorded with
-    ``scored=False`` and an ``error``, and guards treat it as unconfident. When the chain
-    streams, the chunks are already gone when the score is known: read it from
-    :meth:`record`. Completions that already carry a gradguard score (from
-    ``ChatGradguard``) are recorded, not scored again.
-
-    Build it with ``GradguardCallbackHandler(scorer)`` or
-    ``GradguardCallbackHandler.from_chat_model(chat_hf)``.
+    It never raises into the chain: a completion that cannot be scored is recorded with ``scored=False`` and an
+    ``error`` (guards treat it as unconfident). Completions already scored (by ``ChatGradguard``) are recorded,
+    not scored again. Build it with ``GradguardCallbackHandler(scorer)`` or ``.from_chat_model(chat_hf)``.
     """
 
     raise_error: bool = False
@@ -110,16 +85,22 @@ class GradguardCallbackHandler(BaseCallbackHandler):
         self.max_records = max_records
         self._lock = threading.Lock()
         self._prompts: dict[UUID, list[BaseMessage]] = {}
-        self._records: dict[UUID, list[ScoreRecord]] = {}
-        self._order: dict[tuple[UUID, int], int] = {}
-        self._counter = itertools.count()
+        self._records: dict[UUID, list[ScoreRecord]] = {}  # in the order the runs ended
 
     @classmethod
     def from_chat_model(cls, llm: Any, **kwargs: Any) -> GradguardCallbackHandler:
-        """A handler scoring with the model inside a ``ChatHuggingFace`` / ``HuggingFacePipeline``."""
-        return cls(_scorer_from(llm), **kwargs)
-
-    # --- reading the records ---------------------------------------------------------------------
+        """A handler scoring with the model inside a ``ChatHuggingFace`` / ``HuggingFacePipeline`` / pipeline."""
+        inner = getattr(llm, "llm", llm)  # ChatHuggingFace -> HuggingFacePipeline
+        pipe = getattr(inner, "pipeline", inner)  # HuggingFacePipeline -> transformers pipeline
+        model = getattr(pipe, "model", None)
+        tokenizer = getattr(llm, "tokenizer", None) or getattr(pipe, "tokenizer", None)
+        if model is None or tokenizer is None or not hasattr(model, "generate"):
+            raise GradguardError(
+                f"cannot find a local Hugging Face model and tokenizer in {type(llm).__name__}; pass a ChatHuggingFace "
+                "over a HuggingFacePipeline, or build GradguardCallbackHandler(scorer=GradScorer(model, tokenizer))"
+            )
+        name = getattr(inner, "model_id", None) or getattr(llm, "model_id", None)
+        return cls(GradScorer(model, tokenizer, model_name=name if isinstance(name, str) else None), **kwargs)
 
     @property
     def records(self) -> dict[UUID, list[ScoreRecord]]:
@@ -140,21 +121,12 @@ class GradguardCallbackHandler(BaseCallbackHandler):
         return found[0]
 
     def all_records(self) -> list[ScoreRecord]:
-        """Every record, in the order the completions ended."""
+        """Every record, in the order the runs ended."""
         with self._lock:
-            records = (r for v in self._records.values() for r in v)
-            return sorted(records, key=lambda r: self._order[(r.run_id, r.index)])
-
-    # --- callbacks --------------------------------------------------------------------------------
+            return [r for v in self._records.values() for r in v]
 
     def on_chat_model_start(
-        self,
-        serialized: dict[str, Any],
-        messages: list[list[BaseMessage]],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
+        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
         """Remember the prompt of the run (one message list per chat-model run)."""
         if messages:
@@ -166,39 +138,34 @@ class GradguardCallbackHandler(BaseCallbackHandler):
         with self._lock:
             self._prompts.pop(run_id, None)
 
-    def on_llm_end(
-        self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
-    ) -> None:
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Score each completion of the run and attach its metadata; never raises."""
         with self._lock:
             prompt = self._prompts.pop(run_id, None)
-        generations = response.generations[0] if response.generations else []
-        for index, generation in enumerate(generations):
+        records = []
+        for index, generation in enumerate(response.generations[0] if response.generations else []):
+            text = generation.text if isinstance(generation.text, str) else str(generation.text)
+            fields: dict[str, Any] = {"run_id": run_id, "index": index, "response": text}
             try:
-                record = self._score(run_id, index, prompt, generation)
+                fields.update(self._score(prompt, generation, text))
             except Exception as exc:  # noqa: BLE001 - the handler must never break the chain
-                logger.warning("gradguard could not score run %s: %s: %s", run_id, type(exc).__name__, exc)
-                record = ScoreRecord(
-                    run_id=run_id,
-                    index=index,
-                    response=getattr(generation, "text", "") or "",
-                    metadata=unscored_metadata(error=f"{type(exc).__name__}: {exc}"),
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+                error = f"{type(exc).__name__}: {exc}"
+                logger.warning("gradguard could not score run %s: %s", run_id, error)
+                fields.update(metadata=unscored_metadata(error), error=error)
+            record = ScoreRecord(**fields)
             self._attach(generation, record)
-            self._store(record)
+            records.append(record)
+        with self._lock:
+            self._records.setdefault(run_id, []).extend(records)
+            while self.max_records is not None and len(self._records) > self.max_records:
+                self._records.pop(next(iter(self._records)))
 
-    # --- internals ----------------------------------------------------------------------------------
-
-    def _score(self, run_id: UUID, index: int, prompt: list[BaseMessage] | None, generation: Any) -> ScoreRecord:
-        text = generation.text if isinstance(generation.text, str) else str(generation.text)
-        existing = read_metadata(generation) if isinstance(generation, ChatGeneration) else None
+    def _score(self, prompt: list[BaseMessage] | None, generation: Any, text: str) -> dict[str, Any]:
+        """The record fields of one completion; raises when it cannot be scored."""
         dicts = to_chat_dicts(prompt) if prompt is not None else None
+        existing = read_metadata(generation) if isinstance(generation, ChatGeneration) else None
         if existing is not None:  # already scored (e.g. by ChatGradguard)
-            message = generation.message
-            return ScoreRecord(
-                run_id=run_id, index=index, messages=dicts, response=text, metadata=existing, result=result_for(message)
-            )
+            return {"messages": dicts, "metadata": existing, "result": result_for(generation.message)}
         if dicts is None:
             raise GradguardError(
                 "the handler saw no prompt for this run: it scores chat models (on_chat_model_start), "
@@ -209,18 +176,11 @@ class GradguardCallbackHandler(BaseCallbackHandler):
                 "the handler has no scorer; build it with GradguardCallbackHandler(GradScorer(model, tokenizer)) "
                 "or GradguardCallbackHandler.from_chat_model(chat_hf)"
             )
-        response = self._strip_prompt(dicts, text)
-        result, meta = score_foreign(LocalBackend(scorer=self.scorer), dicts, response)
-        return ScoreRecord(run_id=run_id, index=index, messages=dicts, response=response, metadata=meta, result=result,
-                           error=meta.get("error") if result is None else None)
-
-    def _strip_prompt(self, dicts: list[dict[str, str]], text: str) -> str:
-        """The answer alone: pipelines with ``return_full_text=True`` echo the templated prompt first."""
-        assert self.scorer is not None
         prompt_text = self.scorer.tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
         if isinstance(prompt_text, str) and prompt_text and text.startswith(prompt_text):
-            return text[len(prompt_text) :]
-        return text
+            text = text[len(prompt_text) :]  # pipelines with return_full_text=True echo the templated prompt first
+        result, meta = score_foreign(LocalBackend(scorer=self.scorer), dicts, text)
+        return {"messages": dicts, "response": text, "metadata": meta, "result": result, "error": meta.get("error")}
 
     def _attach(self, generation: Any, record: ScoreRecord) -> None:
         message = getattr(generation, "message", None)
@@ -230,16 +190,6 @@ class GradguardCallbackHandler(BaseCallbackHandler):
             message.response_metadata[GRADGUARD_KEY] = record.metadata
         if record.result is not None and isinstance(message.id, str):
             remember_result(message.id, record.result)
-
-    def _store(self, record: ScoreRecord) -> None:
-        with self._lock:
-            self._records.setdefault(record.run_id, []).append(record)
-            self._order[(record.run_id, record.index)] = next(self._counter)
-            if self.max_records is not None:
-                while len(self._records) > self.max_records:
-                    oldest = next(iter(self._records))
-                    for old in self._records.pop(oldest):
-                        self._order.pop((old.run_id, old.index), None)
 
 
 _handler_var: ContextVar[GradguardCallbackHandler | None] = ContextVar("gradguard_callback", default=None)
@@ -252,16 +202,14 @@ def gradguard_callback(
 ) -> Iterator[GradguardCallbackHandler]:
     """Score every chat-model run inside the ``with`` block.
 
-    ``with gradguard_callback(llm=chat_hf) as cb: chain.invoke(...)`` attaches a
-    :class:`GradguardCallbackHandler` to every LangChain run started in the block (threads
-    started by ``batch`` included) and yields it, so ``cb.records`` holds the scores. Pass
-    a ``scorer``, the hosted ``llm`` (``ChatHuggingFace``/``HuggingFacePipeline``), or a
-    ready ``handler``.
+    ``with gradguard_callback(llm=chat_hf) as cb: chain.invoke(...)`` attaches a :class:`GradguardCallbackHandler`
+    to every LangChain run started in the block (threads started by ``batch`` included) and yields it, so
+    ``cb.records`` holds the scores. Pass a ``scorer``, the hosted ``llm`` (``ChatHuggingFace`` /
+    ``HuggingFacePipeline``), or a ready ``handler``.
     """
     if handler is None:
-        if scorer is None and llm is not None:
-            scorer = _scorer_from(llm)
-        handler = GradguardCallbackHandler(scorer)
+        use_llm = scorer is None and llm is not None
+        handler = GradguardCallbackHandler.from_chat_model(llm) if use_llm else GradguardCallbackHandler(scorer)
     token = _handler_var.set(handler)
     try:
         yield handler
