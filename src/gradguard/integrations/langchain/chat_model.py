@@ -13,6 +13,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, ValidationError
 
 from gradguard.integrations._core import (
+    CALL_OPTIONS,
     METADATA_KEY,
     GenerationOptions,
     IntegrationError,
@@ -21,7 +22,7 @@ from gradguard.integrations._core import (
     UnknownOptionError,
     with_system_prompt,
 )
-from gradguard.integrations.langchain.metadata import remember_result
+from gradguard.integrations.langchain.metadata import _pydantic_error, remember_result
 from gradguard.result import ScoreResult
 from gradguard.scorer import GradScorer
 
@@ -33,6 +34,7 @@ class ChatInputError(IntegrationError):
 
 
 _ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "ai": "assistant"}
+_CLASSES = ((SystemMessage, "system"), (HumanMessage, "user"), (AIMessage, "assistant"))
 
 
 def to_chat_dicts(messages: Sequence[BaseMessage], system_prompt: str | None = None) -> Messages:
@@ -44,20 +46,15 @@ def to_chat_dicts(messages: Sequence[BaseMessage], system_prompt: str | None = N
     """
     out: Messages = []
     for i, message in enumerate(messages):
-        if isinstance(message, SystemMessage):
-            role = "system"
-        elif isinstance(message, HumanMessage):
-            role = "user"
-        elif isinstance(message, AIMessage):
-            if message.tool_calls or message.invalid_tool_calls:
-                raise ChatInputError(
-                    f"message {i} is an AIMessage with tool calls; ChatGradguard does not call tools: send the "
-                    "tool's result as a HumanMessage (see examples/langchain_agent_confidence.py)"
-                )
-            role = "assistant"
-        elif isinstance(message, ChatMessage) and message.role.lower() in _ROLES:
-            role = _ROLES[message.role.lower()]
-        else:
+        if isinstance(message, AIMessage) and (message.tool_calls or message.invalid_tool_calls):
+            raise ChatInputError(
+                f"message {i} is an AIMessage with tool calls; ChatGradguard does not call tools: send the "
+                "tool's result as a HumanMessage (see examples/langchain_agent_confidence.py)"
+            )
+        role = next((name for kind, name in _CLASSES if isinstance(message, kind)), None)
+        if isinstance(message, ChatMessage):
+            role = _ROLES.get(message.role.lower())
+        if role is None:
             raise ChatInputError(
                 f"message {i} is a {type(message).__name__} (type {message.type!r}); ChatGradguard takes system, "
                 "human and AI messages: render tool or function results into a HumanMessage"
@@ -81,31 +78,25 @@ class ChatGradguard(BaseChatModel):
     """A local Hugging Face chat model whose every answer carries its gradient-based uncertainty.
 
     Setup:
-        ``pip install 'gradguard[langchain]'``. ``ChatGradguard()`` hosts the embedded
-        Qwen2.5-Coder-0.5B-Instruct; ``ChatGradguard(model="Qwen/Qwen2.5-1.5B-Instruct")`` a Hub id in
-        the local cache, a folder or a ``.gguf`` file (loaded on first use);
-        ``ChatGradguard(scorer=GradScorer(model, tokenizer))`` a model already loaded.
+        ``ChatGradguard()`` hosts the embedded Qwen2.5-Coder-0.5B-Instruct; ``model=`` a Hub id in the local
+        cache, a folder or a ``.gguf`` (loaded on first use); ``scorer=GradScorer(model, tokenizer)`` a model
+        already loaded.
 
     Invoke:
-        ``msg = chat.invoke("Who proposed natural selection?")``; decoding is greedy unless
-        ``temperature > 0``. Per-call options: ``max_tokens``, ``temperature``, ``top_p``, ``top_k``,
-        ``stop``, ``timeout``, ``logprobs``, ``top_logprobs``, ``task``; any other raises
-        :class:`~gradguard.integrations._core.UnknownOptionError` naming the supported ones.
-        Concurrent calls share the model and are serialised by the scorer's lock.
+        ``chat.invoke("Who proposed natural selection?")``; greedy unless ``temperature > 0``. Per-call options:
+        :data:`~gradguard.integrations._core.CALL_OPTIONS` (and ``max_tokens``); any other raises
+        :class:`~gradguard.integrations._core.UnknownOptionError`. Calls are serialised by the scorer's lock.
 
     Stream:
-        ``chat.stream(...)`` yields text as it is generated; the last chunk carries the score.
-        A consumer that stops early stops generation and scoring at once.
+        Text as it is generated; the last chunk carries the score. A consumer that stops early stops generation.
 
     Tools:
         none: a message with tool calls raises :class:`ChatInputError`.
 
     Metadata:
-        ``response_metadata["gradguard"]`` is :meth:`gradguard.ScoreResult.metadata`:
-        ``confidence`` (calibrated P(correct), ``None`` when uncalibrated), ``uncertainty``
-        (HybridGrad, SemGrad, ...: **larger = less confident**), ``scored`` (False: treat as
-        unconfident), ``in_domain``, ``schema_version``, ... With ``logprobs=True`` also OpenAI-style
-        ``logprobs`` (alternatives from the scoring pass: no extra forward pass).
+        ``response_metadata["gradguard"]`` is :meth:`gradguard.ScoreResult.metadata`: ``confidence`` (``None``
+        when uncalibrated), ``uncertainty`` (**larger = less confident**), ``scored`` (False: unconfident), ...
+        ``logprobs=True`` adds OpenAI-style ``logprobs`` (alternatives from the scoring pass: no extra pass).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
@@ -132,18 +123,9 @@ class ChatGradguard(BaseChatModel):
         try:
             super().__init__(**kwargs)
         except ValidationError as exc:
-            parts = []
-            for err in exc.errors():
-                loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
-                if err.get("type") == "extra_forbidden":
-                    parts.append(f"{loc}={err.get('input')!r} is not an option of ChatGradguard (a local model: "
-                                 "no API key, no retries); remove it")
-                else:
-                    parts.append(f"{loc}={err.get('input')!r}: {err.get('msg')}")
-            raise ChatInputError("invalid ChatGradguard: " + "; ".join(parts)) from None
-        fields = {k: getattr(self, k) for k in ("max_new_tokens", "temperature", "top_p", "timeout", "logprobs",
-                                                "top_logprobs", "task")}
-        self._defaults = _options(GenerationOptions(), fields, self.stop or [])
+            hint = "a local model takes no API key, retries or other client options: remove it"
+            raise _pydantic_error("ChatGradguard", exc, ChatInputError, hint) from None
+        self._defaults = _options(GenerationOptions(), self.model_dump(include=set(CALL_OPTIONS)), None)
         self._backend = LocalBackend(self.model, self.scorer)
 
     @property
@@ -165,17 +147,8 @@ class ChatGradguard(BaseChatModel):
         return {"model_name": self.model_name, **self._defaults.model_dump(), "system_prompt": self.system_prompt}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        name = kwargs["model"] if isinstance(kwargs.get("model"), str) else self.model_name
-        params = LangSmithParams(ls_provider="gradguard", ls_model_name=name, ls_model_type="chat")
-        temperature = kwargs.get("temperature", self.temperature)
-        if isinstance(temperature, (int, float)):
-            params["ls_temperature"] = float(temperature)
-        max_tokens = kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_new_tokens))
-        if isinstance(max_tokens, int):
-            params["ls_max_tokens"] = max_tokens
-        if stop or self.stop:
-            params["ls_stop"] = list(stop or self.stop or [])
-        return params
+        kwargs.setdefault("max_tokens", kwargs.get("max_new_tokens", self.max_new_tokens))
+        return super()._get_ls_params(stop=stop or self.stop, **kwargs)
 
     def _call(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
@@ -189,7 +162,9 @@ class ChatGradguard(BaseChatModel):
             )
         return to_chat_dicts(messages, self.system_prompt), _options(self._defaults, kwargs, stop)
 
-    def _message_parts(self, result: ScoreResult, options: GenerationOptions) -> dict[str, Any]:
+    def _scored(self, message_id: str, result: ScoreResult, options: GenerationOptions) -> dict[str, Any]:
+        """The fields of the message carrying ``result`` (kept for :func:`result_for` by ``message_id``)."""
+        remember_result(message_id, result)
         meta: dict[str, Any] = {
             METADATA_KEY: result.metadata(),
             "model_name": result.model or self.model_name,
@@ -199,7 +174,7 @@ class ChatGradguard(BaseChatModel):
             meta["logprobs"] = self._backend.logprobs(result)
         usage = {"input_tokens": result.n_prompt_tokens, "output_tokens": result.n_response_tokens,
                  "total_tokens": result.n_prompt_tokens + result.n_response_tokens}
-        return {"response_metadata": meta, "usage_metadata": usage}
+        return {"id": message_id, "response_metadata": meta, "usage_metadata": usage}
 
     def _generate(
         self,
@@ -210,9 +185,7 @@ class ChatGradguard(BaseChatModel):
     ) -> ChatResult:
         dicts, options = self._call(messages, stop, kwargs)
         result = self._backend.generate(dicts, options)
-        message_id = f"gradguard-{uuid.uuid4().hex}"
-        message = AIMessage(content=result.response, id=message_id, **self._message_parts(result, options))
-        remember_result(message_id, result)
+        message = AIMessage(content=result.response, **self._scored(f"gradguard-{uuid.uuid4().hex}", result, options))
         return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"model_name": self.model_name})
 
     def _stream(
@@ -227,11 +200,9 @@ class ChatGradguard(BaseChatModel):
         for piece in self._backend.stream(dicts, options):
             if piece.result is None:
                 yield ChatGenerationChunk(message=AIMessageChunk(content=piece.text, id=message_id))
-                continue
-            remember_result(message_id, piece.result)
-            yield ChatGenerationChunk(message=AIMessageChunk(
-                content=piece.text, id=message_id, chunk_position="last", **self._message_parts(piece.result, options)
-            ))
+            else:
+                parts = self._scored(message_id, piece.result, options)
+                yield ChatGenerationChunk(message=AIMessageChunk(content=piece.text, chunk_position="last", **parts))
 
 
 def _options(base: GenerationOptions, call: dict[str, Any], stop: list[str] | None) -> GenerationOptions:

@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, ClassVar
 
-from pydantic import model_validator
+from pydantic import ValidationError, model_validator
 
 from gradguard.integrations._core import GUARD_KEY, METADATA_KEY, ROUTE_KEY, find_metadata, openai_logprobs
 from gradguard.integrations._core.deprecation import deprecated_names
@@ -41,15 +41,11 @@ def read_metadata(obj: Any) -> dict[str, Any] | None:
     if isinstance(obj, ScoreResult):
         return obj.metadata()
     message = getattr(obj, "message", None)
-    if message is not None and hasattr(message, "response_metadata"):
-        obj = message
-    bag = getattr(obj, "response_metadata", obj)
+    bag = getattr(message if hasattr(message, "response_metadata") else obj, "response_metadata", obj)
     found = find_metadata(bag)
-    if found is not None:
-        return found
-    if isinstance(bag, dict) and "uncertainty" in bag and "confidence" in bag:
+    if found is None and isinstance(bag, dict) and "uncertainty" in bag and "confidence" in bag:
         return dict(bag)
-    return None
+    return found
 
 
 class GuardSignal(_CoreGuardSignal):
@@ -88,32 +84,32 @@ class GuardSignal(_CoreGuardSignal):
         return self.check(meta)
 
 
-class _ResultStore:
-    """A thread-safe, bounded map from message id to the full :class:`ScoreResult`."""
-
-    def __init__(self, maxsize: int = 4096) -> None:
-        self._items: OrderedDict[str, ScoreResult] = OrderedDict()
-        self._lock = threading.Lock()
-        self._maxsize = maxsize
-
-    def put(self, key: str, result: ScoreResult) -> None:
-        with self._lock:
-            self._items[key] = result
-            self._items.move_to_end(key)
-            while len(self._items) > self._maxsize:
-                self._items.popitem(last=False)
-
-    def get(self, key: str) -> ScoreResult | None:
-        with self._lock:
-            return self._items.get(key)
+def _pydantic_error(owner: str, exc: ValidationError, error: type[Exception], options: str) -> Exception:
+    """``exc`` as ``error``, naming each bad field with its value, and for an unknown one the ``options``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
+        got = err.get("input", "(missing)")
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"no option {loc!r} (got {got!r}); {options}")
+        else:
+            parts.append(f"{loc}={got!r}: {err.get('msg')}")
+    return error(f"{owner}: " + "; ".join(parts))
 
 
-_RESULTS = _ResultStore()
+# Full results of the latest completions of this process, by message id (oldest dropped first).
+_RESULTS: OrderedDict[str, ScoreResult] = OrderedDict()
+_RESULTS_LOCK = threading.Lock()
+_MAX_RESULTS = 4096
 
 
 def remember_result(message_id: str, result: ScoreResult) -> None:
     """Keep ``result`` so that :func:`result_for` can find it from the message with id ``message_id``."""
-    _RESULTS.put(message_id, result)
+    with _RESULTS_LOCK:
+        _RESULTS[message_id] = result
+        _RESULTS.move_to_end(message_id)
+        while len(_RESULTS) > _MAX_RESULTS:
+            _RESULTS.popitem(last=False)
 
 
 def result_for(message: Any) -> ScoreResult | None:
@@ -123,7 +119,8 @@ def result_for(message: Any) -> ScoreResult | None:
     log-probabilities, timings, ...) is kept in memory for the latest few thousand completions only.
     """
     key = message if isinstance(message, str) else getattr(message, "id", None)
-    return _RESULTS.get(key) if isinstance(key, str) else None
+    with _RESULTS_LOCK:
+        return _RESULTS.get(key) if isinstance(key, str) else None
 
 
 __getattr__ = deprecated_names(__name__, {

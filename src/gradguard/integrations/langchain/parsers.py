@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import AIMessage
@@ -11,27 +11,33 @@ from langchain_core.outputs import ChatGeneration, Generation
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from gradguard.errors import GradguardError
-from gradguard.integrations.langchain.metadata import GUARD_KEY, GuardConfigError, GuardSignal, read_metadata
+from gradguard.integrations.langchain.metadata import (
+    GUARD_KEY,
+    GuardConfigError,
+    GuardSignal,
+    _pydantic_error,
+    read_metadata,
+)
 from gradguard.routing import DEFAULT_ABSTAIN_TEXT
 
 __all__ = ["ConfidenceGuardParser", "GuardVerdict", "GuardedText", "LowConfidenceError", "ON_FAIL_MODES"]
 
+OnFail = Literal["exception", "abstain", "noop"]
 #: What :class:`ConfidenceGuardParser` does with an unconfident answer.
-ON_FAIL_MODES: tuple[str, ...] = ("exception", "abstain", "noop")
+ON_FAIL_MODES: tuple[str, ...] = get_args(OnFail)
 
 
 class GuardVerdict(BaseModel):
     """What a guard decided about one answer.
 
-    ``passed`` is True when the answer met the rule (``signal``/``threshold``); ``action``
-    is what the parser did: ``"pass"``, or for a failed answer its ``on_fail`` mode.
-    ``value`` is the signal read (``None`` when missing: unscored answers fail closed).
+    ``passed``: the answer met the rule (``signal``/``threshold``); ``action``: ``"pass"``, or the ``on_fail``
+    mode applied; ``value``: the signal read (``None`` when missing: unscored answers fail closed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     passed: bool
-    action: Literal["pass", "exception", "abstain", "noop"]
+    action: Literal["pass"] | OnFail
     signal: str
     threshold: float
     value: float | None
@@ -58,9 +64,8 @@ class GuardedText(str):
 class LowConfidenceError(GradguardError, OutputParserException):
     """The answer did not meet the guard's confidence rule (or had no score: guards fail closed).
 
-    A LangChain ``OutputParserException``, so ``with_fallbacks`` and agent executors handle
-    it like any parsing failure. ``verdict`` says what was read; ``llm_output`` is the
-    answer that was held back.
+    An ``OutputParserException``, so ``with_fallbacks`` and agent executors handle it like any parsing
+    failure. ``verdict`` says what was read; ``llm_output`` (and ``answer``) is the answer held back.
     """
 
     def __init__(self, verdict: GuardVerdict, answer: str) -> None:
@@ -73,34 +78,26 @@ class LowConfidenceError(GradguardError, OutputParserException):
 class ConfidenceGuardParser(BaseOutputParser[str]):
     """Reads the gradguard score of a chat model's answer and stops unconfident answers.
 
-    Put it after a scored chat model (``ChatGradguard``, or any chat model watched by a
-    ``GradguardCallbackHandler``): ``chain = prompt | ChatGradguard() | ConfidenceGuardParser()``.
+    Put it after a scored chat model (``ChatGradguard``, or one watched by a ``GradguardCallbackHandler``):
+    ``prompt | ChatGradguard() | ConfidenceGuardParser()``. The rule: the calibrated ``confidence`` is at
+    least ``min_confidence`` (default 0.5); on an uncalibrated model, a raw uncertainty instead, e.g.
+    ``signal="hybridgrad", max_uncertainty=0.02`` (larger = less confident).
 
-    The rule (``signal``): by default the calibrated ``confidence`` must be at least
-    ``min_confidence`` (default 0.5). On an uncalibrated model, guard on a raw uncertainty
-    instead: ``signal="hybridgrad", max_uncertainty=0.02`` passes answers whose HybridGrad
-    is at most 0.02 (larger = less confident).
-
-    ``on_fail`` says what happens to an answer that fails the rule:
-
-    - ``"exception"`` (default): raise :class:`LowConfidenceError` (an ``OutputParserException``);
-    - ``"abstain"``: return ``abstain_text`` instead of the answer;
-    - ``"noop"``: return the answer, with the failed verdict attached.
-
-    It fails closed: an answer with no score in its metadata, an unscored (empty) answer,
-    or a missing/NaN signal fails. The output is a :class:`GuardedText` (a ``str`` with
-    ``.verdict``), or with ``output="message"`` an ``AIMessage`` whose
+    ``on_fail``: ``"exception"`` (default) raises :class:`LowConfidenceError` (an ``OutputParserException``),
+    ``"abstain"`` returns ``abstain_text``, ``"noop"`` returns the answer with the failed verdict. It fails
+    closed: no score, an unscored (empty) answer or a missing/NaN signal fails. The output is a
+    :class:`GuardedText` (a ``str`` with ``.verdict``), or with ``output="message"`` an ``AIMessage`` whose
     ``response_metadata["gradguard_guard"]`` holds the verdict.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    on_fail: str = "exception"
+    on_fail: OnFail = "exception"
     signal: str = "confidence"
     min_confidence: float | None = None
     max_uncertainty: float | None = None
     abstain_text: str = DEFAULT_ABSTAIN_TEXT
-    output: str = "text"
+    output: Literal["text", "message"] = "text"
 
     _guard: GuardSignal = PrivateAttr()
 
@@ -108,23 +105,10 @@ class ConfidenceGuardParser(BaseOutputParser[str]):
         try:
             super().__init__(**kwargs)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
-            if err.get("type") == "extra_forbidden":
-                raise GuardConfigError(
-                    f"ConfidenceGuardParser has no option {loc!r}; use on_fail, signal, min_confidence, "
-                    "max_uncertainty, abstain_text or output"
-                ) from None
-            raise GuardConfigError(f"ConfidenceGuardParser {loc}={err.get('input')!r}: {err.get('msg')}") from None
-        if self.on_fail not in ON_FAIL_MODES:
-            raise GuardConfigError(f"on_fail={self.on_fail!r} is not a mode; use one of {list(ON_FAIL_MODES)}")
-        if self.output not in ("text", "message"):
-            raise GuardConfigError(f"output={self.output!r}: use 'text' (a str) or 'message' (an AIMessage)")
+            hint = "use on_fail, signal, min_confidence, max_uncertainty, abstain_text or output"
+            raise _pydantic_error("ConfidenceGuardParser", exc, GuardConfigError, hint) from None
         self._guard = GuardSignal.from_options(
-            signal=self.signal,
-            min_confidence=self.min_confidence,
-            max_uncertainty=self.max_uncertainty,
-            owner="ConfidenceGuardParser",
+            self.signal, self.max_uncertainty, min_confidence=self.min_confidence, owner="ConfidenceGuardParser"
         )
 
     @property

@@ -9,14 +9,14 @@ run's callbacks (a ``gradguard_route`` custom event) and the escalation runs' ta
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForChainRun, dispatch_custom_event
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
-from langchain_core.runnables.config import ensure_config
+from langchain_core.runnables.config import ensure_config, merge_configs
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from gradguard.errors import GradguardError
@@ -28,7 +28,13 @@ from gradguard.integrations._core import (
     IntegrationError,
     metadata_of,
 )
-from gradguard.integrations.langchain.metadata import GuardConfigError, GuardSignal, read_metadata, result_for
+from gradguard.integrations.langchain.metadata import (
+    GuardConfigError,
+    GuardSignal,
+    _pydantic_error,
+    read_metadata,
+    result_for,
+)
 from gradguard.result import ScoreResult
 from gradguard.review import human_review_target
 from gradguard.routing import Action, EscalationResult, EscalationTarget, Router, RoutingPolicy
@@ -36,15 +42,10 @@ from gradguard.routing.router import Score
 from gradguard.scorer import GradScorer
 
 __all__ = [
-    "ROUTE_EVENT",
-    "AnswerRejectedError",
-    "ConfidenceRouter",
-    "RouterInputError",
-    "answer_and_result",
-    "chat_model_target",
-    "human_review_target",
-    "runnable_target",
+    "ROUTE_EVENT", "AnswerRejectedError", "ConfidenceRouter", "RouterInputError", "answer_and_result",
+    "chat_model_target", "human_review_target", "runnable_target",
 ]
+
 
 class RouterInputError(IntegrationError):
     """The router cannot find the question in its input, or an option is unusable."""
@@ -99,19 +100,10 @@ def _question_of(value: Any, key: str) -> str:
     )
 
 
-def _child_config(tags: Sequence[str], run_name: str, handler: BaseCallbackHandler | None = None) -> RunnableConfig:
-    """A config for a nested run: inherits the current run's callbacks and adds ``tags`` (and ``handler``)."""
-    base = ensure_config()
-    callbacks = base.get("callbacks")
-    if handler is not None:
-        if callbacks is None:
-            callbacks = [handler]
-        elif isinstance(callbacks, list):
-            callbacks = [*callbacks, handler]
-        else:
-            callbacks = callbacks.copy()
-            callbacks.add_handler(handler, inherit=True)
-    return {**base, "callbacks": callbacks, "tags": [*base.get("tags", []), *tags], "run_name": run_name}
+def _child_config(tags: list[str], run_name: str, handler: BaseCallbackHandler | None = None) -> RunnableConfig:
+    """A config for a nested run: the current run's callbacks and tags, plus ``tags`` (and ``handler``)."""
+    callbacks = [handler] if handler is not None else []
+    return merge_configs(ensure_config(), {"tags": tags, "run_name": run_name, "callbacks": callbacks})
 
 
 # --- escalation targets from Runnables ----------------------------------------------------------
@@ -128,12 +120,10 @@ def runnable_target(
 ) -> EscalationTarget:
     """An escalation target that answers again with ``runnable`` (e.g. a RAG chain with more context).
 
-    ``runnable`` gets ``input_fn(question, answer, result)`` (default: the question string)
-    and must return a message scored in this process: end it with a ``ChatGradguard``, or pass
-    ``scorer`` to score whatever chat model runs inside it (a ``GradguardCallbackHandler``
-    over that scorer is attached to the run). The nested run is tagged
-    ``gradguard:escalation`` and ``gradguard:target:<name>``. An answer without a score is
-    returned with ``result=None``, which the policy treats as unconfident.
+    ``runnable`` gets ``input_fn(question, answer, result)`` (default: the question) and must return a message
+    scored in this process (end it with ``ChatGradguard``, or pass ``scorer`` to attach a
+    ``GradguardCallbackHandler`` over it to the run); an unscored answer gets ``result=None`` (unconfident).
+    The nested run is tagged ``gradguard:escalation`` and ``gradguard:target:<name>``.
     """
     if not isinstance(runnable, Runnable):
         raise RouterInputError(f"runnable={runnable!r} is not a LangChain Runnable; pass a chain or a chat model")
@@ -179,24 +169,21 @@ def chat_model_target(
 class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
     """Answers with ``answerer``, then routes the answer through a :class:`~gradguard.routing.Router`.
 
-    ``answerer`` is the chain that answers first; it must return a scored message (end it
-    with ``ChatGradguard``, or watch its chat model with a ``GradguardCallbackHandler``). The
-    policy's tiers map the answer's signal to accept, abstain, reject or escalate; escalate
-    tiers name entries of ``targets``, each an :data:`~gradguard.routing.EscalationTarget` (e.g.
-    ``human_review_target(queue)``) or a Runnable / chat model (adapted with :func:`runnable_target`);
-    a name the policy uses but ``targets`` lacks raises :class:`RouterInputError` at construction.
-    A message scored in another process is routed from its metadata.
+    ``answerer`` must return a scored message (end it with ``ChatGradguard``, or watch its chat model with a
+    ``GradguardCallbackHandler``; a message scored in another process is routed from its metadata). The
+    policy's tiers map the answer's signal to accept, abstain, reject or escalate; escalate tiers name entries
+    of ``targets``: an :data:`~gradguard.routing.EscalationTarget` (e.g. ``human_review_target(queue)``) or a
+    Runnable / chat model (adapted by :func:`runnable_target`); a name missing from ``targets`` raises
+    :class:`RouterInputError` at construction.
 
-    The signal: the calibrated ``confidence`` by default; on an uncalibrated model
-    ``signal="hybridgrad", max_uncertainty=x`` (larger = less confident; passes iff <= x), or
-    ``confidence_fn(result) -> float | None``. It fails closed.
+    The signal: the calibrated ``confidence`` (default); on an uncalibrated model ``signal="hybridgrad",
+    max_uncertainty=x`` (larger = less confident); or ``confidence_fn(result) -> float | None``. It fails closed.
 
-    The output is an ``AIMessage``: the accepted answer, or the policy's ``abstain_text``.
-    ``response_metadata["gradguard"]`` scores the last answer considered;
-    ``response_metadata["gradguard_route"]`` is :meth:`~gradguard.routing.RouteOutcome.metadata`
-    (``action``, ``reason``, ``confidence`` — the calibrated one or ``None`` —, ``signal``,
-    ``signal_value``, ``tier``, ``trail``, ``review_id``), also dispatched as the custom callback
-    event ``gradguard_route``. With ``on_reject="raise"`` a rejection raises :class:`AnswerRejectedError`.
+    The output is an ``AIMessage``: the accepted answer or the policy's ``abstain_text``, with
+    ``response_metadata["gradguard"]`` (the last answer's score) and ``["gradguard_route"]``
+    (:meth:`~gradguard.routing.RouteOutcome.metadata`: action, reason, the calibrated confidence or ``None``,
+    signal, signal_value, tier, trail, review_id), also dispatched as the custom callback event
+    ``gradguard_route``. ``on_reject="raise"`` raises :class:`AnswerRejectedError` on a rejection.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -208,7 +195,7 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
     max_uncertainty: float | None = None
     confidence_fn: Callable[[ScoreResult], float | None] | None = None
     question_key: str = "question"
-    on_reject: str = "mark"
+    on_reject: Literal["mark", "raise"] = "mark"
 
     _router: Router = PrivateAttr()
 
@@ -220,12 +207,8 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
         try:
             super().__init__(**kwargs)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
-            got = err.get("input", "(missing)")
-            raise RouterInputError(f"ConfidenceRouter {loc}={got!r}: {err.get('msg')}") from None
-        if self.on_reject not in ("mark", "raise"):
-            raise RouterInputError(f"on_reject={self.on_reject!r}: use 'mark' (abstain text, action reject) or 'raise'")
+            hint = "use answerer, policy, targets, signal, max_uncertainty, confidence_fn, question_key or on_reject"
+            raise _pydantic_error("ConfidenceRouter", exc, RouterInputError, hint) from None
         if self.confidence_fn is not None and (self.signal != "confidence" or self.max_uncertainty is not None):
             raise GuardConfigError(
                 "ConfidenceRouter: confidence_fn replaces signal/max_uncertainty; pass one or the other"
@@ -236,24 +219,16 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
         )
         targets: dict[str, EscalationTarget] = {}
         for name, target in self.targets.items():
-            if isinstance(target, Runnable):
-                targets[name] = runnable_target(target, name=name)
-            elif callable(target):
-                targets[name] = target
-            else:
+            if not isinstance(target, Runnable) and not callable(target):
                 raise RouterInputError(
                     f"targets[{name!r}] is a {type(target).__name__}; pass a Runnable, a chat model, or a function "
                     "(question, answer, result) -> EscalationResult"
                 )
+            targets[name] = runnable_target(target, name=name) if isinstance(target, Runnable) else target
         try:
             self._router = Router(self.policy, targets, signal=signal)
         except GradguardError as exc:
             raise RouterInputError(f"ConfidenceRouter: {exc}") from None
-
-    @property
-    def OutputType(self) -> Any:  # noqa: N802 - LangChain's name
-        """An ``AIMessage``."""
-        return AIMessage
 
     @property
     def InputType(self) -> Any:  # noqa: N802 - LangChain's name
