@@ -1,16 +1,11 @@
-"""gradguard for LangChain (``pip install 'gradguard[langchain]'``).
+"""gradguard for LangChain (``pip install 'gradguard[langchain]'``; see ``docs/langchain.md``).
 
 - :class:`ChatGradguard`: a chat model over a local Hugging Face model; every answer carries
-  ``response_metadata["gradguard"]`` (confidence and uncertainties; larger uncertainty = less
-  confident), and OpenAI-style ``logprobs`` on request.
-- :class:`GradguardCallbackHandler` / :func:`gradguard_callback`: score the answers of a model
-  you already host with ``langchain_huggingface`` (``ChatHuggingFace``).
-- :class:`ConfidenceGuardParser`: an output parser that raises, abstains or annotates when an
-  answer is unconfident (fails closed on unscored answers).
-- :class:`ConfidenceRouter`: a Runnable that accepts, abstains, rejects or escalates (to a
-  retrieval chain, a larger model, human review) by a :class:`~gradguard.routing.RoutingPolicy`.
-
-See ``docs/langchain.md``.
+  ``response_metadata["gradguard"]`` (confidence and uncertainties; larger uncertainty = less confident).
+- :class:`GradguardCallbackHandler` / :func:`gradguard_callback`: score the answers of a model you host
+  with ``langchain_huggingface`` (``ChatHuggingFace``).
+- :class:`ConfidenceGuardParser`: an output parser that raises, abstains or annotates on an unconfident answer.
+- :class:`ConfidenceRouter`: a Runnable that accepts, abstains, rejects or escalates by a routing policy.
 """
 
 from __future__ import annotations

@@ -61,17 +61,13 @@ class ScoreRecord(BaseModel):
 
 
 class GradguardCallbackHandler(BaseCallbackHandler):
-    """Scores every chat completion of the runs it watches and attaches the score to the message.
-
-    For models hosted with ``langchain_huggingface`` (``ChatHuggingFace`` over a local ``HuggingFacePipeline``):
-    it records the messages at ``on_chat_model_start``, scores the completion teacher-forced at ``on_llm_end``
-    with a :class:`~gradguard.GradScorer` over the same model, sets ``message.response_metadata["gradguard"]``
-    (same schema as ``ChatGradguard``; larger uncertainty = less confident) and keeps a thread-safe record by
-    run id (read it with :meth:`record` when the chain streams: the chunks are gone when the score is known).
-
-    It never raises into the chain: a completion that cannot be scored is recorded with ``scored=False`` and an
-    ``error`` (guards treat it as unconfident). Completions already scored (by ``ChatGradguard``) are recorded,
-    not scored again. Build it with ``GradguardCallbackHandler(scorer)`` or ``.from_chat_model(chat_hf)``.
+    """Scores every chat completion of the runs it watches (e.g. ``ChatHuggingFace`` over a local
+    ``HuggingFacePipeline``) teacher-forced with a :class:`~gradguard.GradScorer` over the same model, sets
+    ``message.response_metadata["gradguard"]`` (same schema as ``ChatGradguard``) and keeps a thread-safe record
+    by run id (:meth:`record`: where a streamed answer's score is). It never raises into the chain: a completion
+    that cannot be scored is recorded with ``scored=False`` and an ``error`` (unconfident); one already scored
+    (by ``ChatGradguard``) is recorded, not scored again. Build it with ``GradguardCallbackHandler(scorer)`` or
+    ``GradguardCallbackHandler.from_chat_model(chat_hf)``.
     """
 
     raise_error: bool = False
@@ -200,13 +196,10 @@ register_configure_hook(_handler_var, inheritable=True)
 def gradguard_callback(
     scorer: GradScorer | None = None, *, llm: Any = None, handler: GradguardCallbackHandler | None = None
 ) -> Iterator[GradguardCallbackHandler]:
-    """Score every chat-model run inside the ``with`` block.
-
-    ``with gradguard_callback(llm=chat_hf) as cb: chain.invoke(...)`` attaches a :class:`GradguardCallbackHandler`
-    to every LangChain run started in the block (threads started by ``batch`` included) and yields it, so
-    ``cb.records`` holds the scores. Pass a ``scorer``, the hosted ``llm`` (``ChatHuggingFace`` /
-    ``HuggingFacePipeline``), or a ready ``handler``.
-    """
+    """Score every chat-model run inside the ``with`` block: ``with gradguard_callback(llm=chat_hf) as cb:
+    chain.invoke(...)`` attaches a :class:`GradguardCallbackHandler` to every LangChain run started in the block
+    (threads started by ``batch`` included) and yields it (``cb.records`` holds the scores). Pass a ``scorer``,
+    the hosted ``llm`` (``ChatHuggingFace`` / ``HuggingFacePipeline``), or a ready ``handler``."""
     if handler is None:
         use_llm = scorer is None and llm is not None
         handler = GradguardCallbackHandler.from_chat_model(llm) if use_llm else GradguardCallbackHandler(scorer)

@@ -38,12 +38,9 @@ _CLASSES = ((SystemMessage, "system"), (HumanMessage, "user"), (AIMessage, "assi
 
 
 def to_chat_dicts(messages: Sequence[BaseMessage], system_prompt: str | None = None) -> Messages:
-    """LangChain messages as ``[{"role", "content"}]`` for the model's chat template.
-
-    System, human and AI messages (and ``ChatMessage`` with one of those roles) with text
-    content; ``system_prompt`` is prepended when the conversation has no system message.
-    Raises :class:`ChatInputError` for anything else.
-    """
+    """LangChain messages as ``[{"role", "content"}]`` for the chat template: system, human and AI messages (or a
+    ``ChatMessage`` with such a role) with text content, ``system_prompt`` first when none is a system message.
+    Raises :class:`ChatInputError` for anything else."""
     out: Messages = []
     for i, message in enumerate(messages):
         if isinstance(message, AIMessage) and (message.tool_calls or message.invalid_tool_calls):
@@ -59,16 +56,13 @@ def to_chat_dicts(messages: Sequence[BaseMessage], system_prompt: str | None = N
                 f"message {i} is a {type(message).__name__} (type {message.type!r}); ChatGradguard takes system, "
                 "human and AI messages: render tool or function results into a HumanMessage"
             )
-        content = message.content
-        if not isinstance(content, str):
-            kinds = {b.get("type") if isinstance(b, dict) else "text" for b in content}
-            if kinds - {"text"}:
-                raise ChatInputError(
-                    f"message {i} has content blocks of type {sorted(str(k) for k in kinds - {'text'})}; "
-                    "ChatGradguard hosts a text-only model: pass text content"
-                )
-            content = message.text
-        out.append({"role": role, "content": content})
+        blocks = message.content if isinstance(message.content, list) else []
+        kinds = sorted({str(b.get("type")) for b in blocks if isinstance(b, dict)} - {"text"})
+        if kinds:
+            raise ChatInputError(
+                f"message {i} has content blocks of type {kinds}; ChatGradguard hosts a text-only model: pass text"
+            )
+        out.append({"role": role, "content": message.text})
     if not out:
         raise ChatInputError("no messages were given; pass at least one HumanMessage")
     return with_system_prompt(out, system_prompt)

@@ -1,9 +1,8 @@
 """Reading the score metadata of LangChain messages, the guard signal, and the in-process result store.
 
-Every completion scored by gradguard carries :meth:`gradguard.ScoreResult.metadata` under
-``message.response_metadata["gradguard"]`` (the schema shared with LlamaIndex; ``schema_version``
-versions it). A completion that could not be scored carries the same keys with ``scored=False``
-and an ``error``. Guards fail closed: missing metadata, ``scored=False`` or a NaN/None value is
+A scored completion carries :meth:`gradguard.ScoreResult.metadata` (versioned by ``schema_version``) under
+``message.response_metadata["gradguard"]``; one that could not be scored carries the same keys with
+``scored=False`` and an ``error``. Guards fail closed: no metadata, ``scored=False`` or a NaN/None value is
 *unconfident*.
 """
 

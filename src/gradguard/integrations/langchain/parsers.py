@@ -11,13 +11,8 @@ from langchain_core.outputs import ChatGeneration, Generation
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from gradguard.errors import GradguardError
-from gradguard.integrations.langchain.metadata import (
-    GUARD_KEY,
-    GuardConfigError,
-    GuardSignal,
-    _pydantic_error,
-    read_metadata,
-)
+from gradguard.integrations._core import GUARD_KEY
+from gradguard.integrations.langchain.metadata import GuardConfigError, GuardSignal, _pydantic_error, read_metadata
 from gradguard.routing import DEFAULT_ABSTAIN_TEXT
 
 __all__ = ["ConfidenceGuardParser", "GuardVerdict", "GuardedText", "LowConfidenceError", "ON_FAIL_MODES"]
@@ -28,11 +23,8 @@ ON_FAIL_MODES: tuple[str, ...] = get_args(OnFail)
 
 
 class GuardVerdict(BaseModel):
-    """What a guard decided about one answer.
-
-    ``passed``: the answer met the rule (``signal``/``threshold``); ``action``: ``"pass"``, or the ``on_fail``
-    mode applied; ``value``: the signal read (``None`` when missing: unscored answers fail closed).
-    """
+    """What a guard decided about one answer: ``passed`` (it met the rule ``signal``/``threshold``), ``action``
+    (``"pass"``, or the ``on_fail`` mode applied), ``value`` (the signal read; ``None`` when missing: fail closed)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -62,11 +54,9 @@ class GuardedText(str):
 
 
 class LowConfidenceError(GradguardError, OutputParserException):
-    """The answer did not meet the guard's confidence rule (or had no score: guards fail closed).
-
-    An ``OutputParserException``, so ``with_fallbacks`` and agent executors handle it like any parsing
-    failure. ``verdict`` says what was read; ``llm_output`` (and ``answer``) is the answer held back.
-    """
+    """The answer did not meet the guard's confidence rule (or had no score: guards fail closed). An
+    ``OutputParserException``, so ``with_fallbacks`` and agent executors handle it like any parsing failure;
+    ``verdict`` says what was read, ``llm_output`` (and ``answer``) is the answer held back."""
 
     def __init__(self, verdict: GuardVerdict, answer: str) -> None:
         message = f"answer held back by the confidence guard: {verdict.reason}"
@@ -131,15 +121,10 @@ class ConfidenceGuardParser(BaseOutputParser[str]):
 
     def verdict(self, obj: Any) -> GuardVerdict:
         """The verdict for a message, generation, ``ScoreResult`` or metadata dict, without acting on it."""
-        reading = self._guard.read(obj)
-        return GuardVerdict(
-            passed=reading.passed,
-            action="pass" if reading.passed else self.on_fail,
-            signal=self._guard.name,
-            threshold=self._guard.threshold,
-            value=reading.value,
-            reason=reading.reason,
-        )
+        guard = self._guard
+        reading = guard.read(obj)
+        action = "pass" if reading.passed else self.on_fail
+        return GuardVerdict(**reading._asdict(), action=action, signal=guard.name, threshold=guard.threshold)
 
     def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
         """Apply the guard to the first generation (its message's metadata holds the score)."""
@@ -149,7 +134,6 @@ class ConfidenceGuardParser(BaseOutputParser[str]):
         if not verdict.passed and self.on_fail == "exception":
             raise LowConfidenceError(verdict, text)
         answer = self.abstain_text if not verdict.passed and self.on_fail == "abstain" else text
-        meta = read_metadata(generation)
         if self.output == "message":
             base = generation.message if isinstance(generation, ChatGeneration) else None
             response_metadata = dict(getattr(base, "response_metadata", {}) or {})
@@ -157,7 +141,7 @@ class ConfidenceGuardParser(BaseOutputParser[str]):
             if isinstance(base, AIMessage):
                 return base.model_copy(update={"content": answer, "response_metadata": response_metadata})
             return AIMessage(content=answer, response_metadata=response_metadata)
-        return GuardedText(answer, verdict, meta)
+        return GuardedText(answer, verdict, read_metadata(generation))
 
     def parse(self, text: str) -> Any:
         """Plain text carries no score: it fails closed (``on_fail`` applies)."""

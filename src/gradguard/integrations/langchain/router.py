@@ -1,9 +1,8 @@
 """``ConfidenceRouter``: a Runnable that answers, then accepts, abstains, rejects or escalates by confidence.
 
-The decisions come from the framework-free :class:`gradguard.routing.RoutingPolicy`; this
-module adapts LangChain Runnables and chat models into escalation targets and puts the
-decision, its reason and the escalation trail into the output message's metadata, the
-run's callbacks (a ``gradguard_route`` custom event) and the escalation runs' tags.
+The decisions come from the framework-free :class:`gradguard.routing.Router`; this module adapts LangChain
+Runnables and chat models into escalation targets and reports the outcome in the output message's metadata,
+a ``gradguard_route`` custom callback event and the nested runs' tags.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from gradguard.integrations._core import (
     IntegrationError,
     metadata_of,
 )
+from gradguard.integrations.langchain.callbacks import GradguardCallbackHandler
 from gradguard.integrations.langchain.metadata import (
     GuardConfigError,
     GuardSignal,
@@ -51,17 +51,10 @@ class RouterInputError(IntegrationError):
     """The router cannot find the question in its input, or an option is unusable."""
 
 
-# --- reading answers ---------------------------------------------------------------------------
-
-
 def answer_and_result(output: Any) -> tuple[str, Score]:
-    """The answer text of a Runnable's output and its score: the full result when this process
-    scored it, else the metadata the message carries (scored elsewhere, or an old message).
-
-    ``output`` is a message (scored by ``ChatGradguard`` or a ``GradguardCallbackHandler``),
-    a string (never scored), or a dict with an ``"answer"`` entry. A missing score is
-    ``None``: the policy then treats the answer as unconfident (fail closed).
-    """
+    """The answer text of a Runnable's output (a message, a string, or a dict with an ``"answer"``) and its score:
+    the full result when this process scored it, else the metadata the message carries, else ``None`` (never
+    scored: the policy treats the answer as unconfident)."""
     if isinstance(output, Mapping) and "answer" in output:
         return answer_and_result(output["answer"])
     if isinstance(output, BaseMessage):
@@ -106,17 +99,11 @@ def _child_config(tags: list[str], run_name: str, handler: BaseCallbackHandler |
     return merge_configs(ensure_config(), {"tags": tags, "run_name": run_name, "callbacks": callbacks})
 
 
-# --- escalation targets from Runnables ----------------------------------------------------------
-
 InputFn = Callable[[str, str, ScoreResult | None], Any]
 
 
 def runnable_target(
-    runnable: Runnable,
-    *,
-    name: str = "runnable",
-    input_fn: InputFn | None = None,
-    scorer: GradScorer | None = None,
+    runnable: Runnable, *, name: str = "runnable", input_fn: InputFn | None = None, scorer: GradScorer | None = None
 ) -> EscalationTarget:
     """An escalation target that answers again with ``runnable`` (e.g. a RAG chain with more context).
 
@@ -129,8 +116,6 @@ def runnable_target(
         raise RouterInputError(f"runnable={runnable!r} is not a LangChain Runnable; pass a chain or a chat model")
 
     def escalate(question: str, answer: str, result: ScoreResult | None) -> EscalationResult:
-        from gradguard.integrations.langchain.callbacks import GradguardCallbackHandler
-
         handler = GradguardCallbackHandler(scorer) if scorer is not None else None
         payload = input_fn(question, answer, result) if input_fn is not None else question
         tags = ["gradguard:escalation", f"gradguard:target:{name}"]
@@ -149,21 +134,11 @@ def chat_model_target(
     system_prompt: str | None = None,
     scorer: GradScorer | None = None,
 ) -> EscalationTarget:
-    """An escalation target that asks another (e.g. larger) chat model the question afresh.
-
-    A ``ChatGradguard`` scores its own answers. For any other chat model pass ``scorer`` (a
-    :class:`~gradguard.GradScorer` over a local model) to score its answer teacher-forced;
-    without a score the new answer is treated as unconfident.
-    """
-
-    def messages(question: str, answer: str, result: ScoreResult | None) -> list[BaseMessage]:
-        head: list[BaseMessage] = [SystemMessage(system_prompt)] if system_prompt else []
-        return [*head, HumanMessage(question)]
-
-    return runnable_target(model, name=name, input_fn=messages, scorer=scorer)
-
-
-# --- the router ------------------------------------------------------------------------------------
+    """An escalation target that asks another (e.g. larger) chat model the question afresh. A ``ChatGradguard``
+    scores its own answers; for another chat model pass ``scorer`` (a :class:`~gradguard.GradScorer` over a local
+    model) to score its answer teacher-forced, else the new answer is unconfident."""
+    head: list[BaseMessage] = [SystemMessage(system_prompt)] if system_prompt else []
+    return runnable_target(model, name=name, input_fn=lambda q, a, r: [*head, HumanMessage(q)], scorer=scorer)
 
 
 class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
@@ -214,8 +189,7 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
                 "ConfidenceRouter: confidence_fn replaces signal/max_uncertainty; pass one or the other"
             )
         signal = GuardSignal.from_options(
-            self.confidence_fn if self.confidence_fn is not None else self.signal, self.max_uncertainty,
-            owner="ConfidenceRouter",
+            self.confidence_fn or self.signal, self.max_uncertainty, owner="ConfidenceRouter"
         )
         targets: dict[str, EscalationTarget] = {}
         for name, target in self.targets.items():
