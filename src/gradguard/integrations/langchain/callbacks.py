@@ -149,7 +149,11 @@ class GradguardCallbackHandler(BaseCallbackHandler):
                 logger.warning("gradguard could not score run %s: %s", run_id, error)
                 fields.update(metadata=unscored_metadata(error), error=error)
             record = ScoreRecord(**fields)
-            self._attach(generation, record)
+            message = getattr(generation, "message", None)
+            if message is not None and self.attach:
+                message.response_metadata.setdefault(GRADGUARD_KEY, record.metadata)
+            if message is not None and record.result is not None and isinstance(message.id, str):
+                remember_result(message.id, record.result)
             records.append(record)
         with self._lock:
             self._records.setdefault(run_id, []).extend(records)
@@ -177,15 +181,6 @@ class GradguardCallbackHandler(BaseCallbackHandler):
             text = text[len(prompt_text) :]  # pipelines with return_full_text=True echo the templated prompt first
         result, meta = score_foreign(LocalBackend(scorer=self.scorer), dicts, text)
         return {"messages": dicts, "response": text, "metadata": meta, "result": result, "error": meta.get("error")}
-
-    def _attach(self, generation: Any, record: ScoreRecord) -> None:
-        message = getattr(generation, "message", None)
-        if message is None:
-            return
-        if self.attach and GRADGUARD_KEY not in message.response_metadata:
-            message.response_metadata[GRADGUARD_KEY] = record.metadata
-        if record.result is not None and isinstance(message.id, str):
-            remember_result(message.id, record.result)
 
 
 _handler_var: ContextVar[GradguardCallbackHandler | None] = ContextVar("gradguard_callback", default=None)

@@ -73,20 +73,15 @@ class ChatGradguard(BaseChatModel):
 
     Setup:
         ``ChatGradguard()`` hosts the embedded Qwen2.5-Coder-0.5B-Instruct; ``model=`` a Hub id in the local
-        cache, a folder or a ``.gguf`` (loaded on first use); ``scorer=GradScorer(model, tokenizer)`` a model
-        already loaded.
-
+        cache, a folder or a ``.gguf`` (loaded on first use); ``scorer=GradScorer(model, tokenizer)`` a loaded one.
     Invoke:
         ``chat.invoke("Who proposed natural selection?")``; greedy unless ``temperature > 0``. Per-call options:
         :data:`~gradguard.integrations._core.CALL_OPTIONS` (and ``max_tokens``); any other raises
         :class:`~gradguard.integrations._core.UnknownOptionError`. Calls are serialised by the scorer's lock.
-
     Stream:
         Text as it is generated; the last chunk carries the score. A consumer that stops early stops generation.
-
     Tools:
         none: a message with tool calls raises :class:`ChatInputError`.
-
     Metadata:
         ``response_metadata["gradguard"]`` is :meth:`gradguard.ScoreResult.metadata`: ``confidence`` (``None``
         when uncalibrated), ``uncertainty`` (**larger = less confident**), ``scored`` (False: unconfident), ...
@@ -159,11 +154,8 @@ class ChatGradguard(BaseChatModel):
     def _scored(self, message_id: str, result: ScoreResult, options: GenerationOptions) -> dict[str, Any]:
         """The fields of the message carrying ``result`` (kept for :func:`result_for` by ``message_id``)."""
         remember_result(message_id, result)
-        meta: dict[str, Any] = {
-            METADATA_KEY: result.metadata(),
-            "model_name": result.model or self.model_name,
-            "finish_reason": result.finish_reason or "stop",
-        }
+        meta: dict[str, Any] = {METADATA_KEY: result.metadata(), "model_name": result.model or self.model_name}
+        meta["finish_reason"] = result.finish_reason or "stop"
         if options.logprobs:
             meta["logprobs"] = self._backend.logprobs(result)
         usage = {"input_tokens": result.n_prompt_tokens, "output_tokens": result.n_response_tokens,

@@ -1,9 +1,8 @@
 """Reading the score metadata of LangChain messages, the guard signal, and the in-process result store.
 
-A scored completion carries :meth:`gradguard.ScoreResult.metadata` (versioned by ``schema_version``) under
-``message.response_metadata["gradguard"]``; one that could not be scored carries the same keys with
-``scored=False`` and an ``error``. Guards fail closed: no metadata, ``scored=False`` or a NaN/None value is
-*unconfident*.
+A scored completion carries :meth:`gradguard.ScoreResult.metadata` under ``response_metadata["gradguard"]``
+(one that could not be scored: ``scored=False`` and an ``error``). Guards fail closed: no metadata,
+``scored=False`` or a NaN/None value is *unconfident*.
 """
 
 from __future__ import annotations
@@ -48,12 +47,9 @@ def read_metadata(obj: Any) -> dict[str, Any] | None:
 
 
 class GuardSignal(_CoreGuardSignal):
-    """:class:`gradguard.routing.GuardSignal` (same fields, constructors and fail-closed reading),
-    raising :class:`GuardConfigError`, plus :meth:`read` for LangChain messages and generations.
-
-    ``GuardSignal(name="hybridgrad", threshold=0.02)`` still builds one: ``threshold`` is
-    ``min_confidence`` for the confidence and ``max_uncertainty`` for a raw uncertainty.
-    """
+    """:class:`gradguard.routing.GuardSignal` raising :class:`GuardConfigError`, plus :meth:`read` for LangChain
+    messages and generations. ``GuardSignal(name="hybridgrad", threshold=0.02)`` still builds one: ``threshold``
+    is ``min_confidence`` for the confidence and ``max_uncertainty`` for a raw uncertainty."""
 
     _error: ClassVar[type[GuardSignalError]] = GuardConfigError
 
@@ -112,11 +108,8 @@ def remember_result(message_id: str, result: ScoreResult) -> None:
 
 
 def result_for(message: Any) -> ScoreResult | None:
-    """The full :class:`ScoreResult` behind a scored message of this process (or its id), or ``None``.
-
-    Metadata travels with the message everywhere (and routing reads it); the full result (token
-    log-probabilities, timings, ...) is kept in memory for the latest few thousand completions only.
-    """
+    """The full :class:`ScoreResult` behind a scored message of this process (or its id), or ``None``: kept in
+    memory for the latest few thousand completions only (the metadata travels with the message everywhere)."""
     key = message if isinstance(message, str) else getattr(message, "id", None)
     with _RESULTS_LOCK:
         return _RESULTS.get(key) if isinstance(key, str) else None

@@ -68,16 +68,13 @@ class LowConfidenceError(GradguardError, OutputParserException):
 class ConfidenceGuardParser(BaseOutputParser[str]):
     """Reads the gradguard score of a chat model's answer and stops unconfident answers.
 
-    Put it after a scored chat model (``ChatGradguard``, or one watched by a ``GradguardCallbackHandler``):
-    ``prompt | ChatGradguard() | ConfidenceGuardParser()``. The rule: the calibrated ``confidence`` is at
-    least ``min_confidence`` (default 0.5); on an uncalibrated model, a raw uncertainty instead, e.g.
-    ``signal="hybridgrad", max_uncertainty=0.02`` (larger = less confident).
-
-    ``on_fail``: ``"exception"`` (default) raises :class:`LowConfidenceError` (an ``OutputParserException``),
-    ``"abstain"`` returns ``abstain_text``, ``"noop"`` returns the answer with the failed verdict. It fails
-    closed: no score, an unscored (empty) answer or a missing/NaN signal fails. The output is a
-    :class:`GuardedText` (a ``str`` with ``.verdict``), or with ``output="message"`` an ``AIMessage`` whose
-    ``response_metadata["gradguard_guard"]`` holds the verdict.
+    Put it after a scored chat model: ``prompt | ChatGradguard() | ConfidenceGuardParser()``. The rule: the
+    calibrated ``confidence`` is at least ``min_confidence`` (default 0.5); on an uncalibrated model a raw
+    uncertainty instead, e.g. ``signal="hybridgrad", max_uncertainty=0.02`` (larger = less confident).
+    ``on_fail``: ``"exception"`` (default) raises :class:`LowConfidenceError`, ``"abstain"`` returns
+    ``abstain_text``, ``"noop"`` returns the answer with the failed verdict. It fails closed (no score, an unscored
+    answer, a missing/NaN signal). The output is a :class:`GuardedText` (a ``str`` with ``.verdict``), or with
+    ``output="message"`` an ``AIMessage`` with the verdict in ``response_metadata["gradguard_guard"]``.
     """
 
     model_config = ConfigDict(extra="forbid")

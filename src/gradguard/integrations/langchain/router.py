@@ -1,8 +1,7 @@
 """``ConfidenceRouter``: a Runnable that answers, then accepts, abstains, rejects or escalates by confidence.
 
-The decisions come from the framework-free :class:`gradguard.routing.Router`; this module adapts LangChain
-Runnables and chat models into escalation targets and reports the outcome in the output message's metadata,
-a ``gradguard_route`` custom callback event and the nested runs' tags.
+The decisions are :class:`gradguard.routing.Router`'s; this module adapts Runnables into escalation targets and
+reports the outcome in the message metadata, a ``gradguard_route`` callback event and the nested runs' tags.
 """
 
 from __future__ import annotations
@@ -105,13 +104,10 @@ InputFn = Callable[[str, str, ScoreResult | None], Any]
 def runnable_target(
     runnable: Runnable, *, name: str = "runnable", input_fn: InputFn | None = None, scorer: GradScorer | None = None
 ) -> EscalationTarget:
-    """An escalation target that answers again with ``runnable`` (e.g. a RAG chain with more context).
-
-    ``runnable`` gets ``input_fn(question, answer, result)`` (default: the question) and must return a message
-    scored in this process (end it with ``ChatGradguard``, or pass ``scorer`` to attach a
-    ``GradguardCallbackHandler`` over it to the run); an unscored answer gets ``result=None`` (unconfident).
-    The nested run is tagged ``gradguard:escalation`` and ``gradguard:target:<name>``.
-    """
+    """An escalation target that answers again with ``runnable`` (e.g. a RAG chain with more context), given
+    ``input_fn(question, answer, result)`` (default: the question). It must return a message scored in this process
+    (end it with ``ChatGradguard``, or pass ``scorer`` to watch it with a ``GradguardCallbackHandler``); an unscored
+    answer is unconfident. The nested run is tagged ``gradguard:escalation`` and ``gradguard:target:<name>``."""
     if not isinstance(runnable, Runnable):
         raise RouterInputError(f"runnable={runnable!r} is not a LangChain Runnable; pass a chain or a chat model")
 
@@ -145,20 +141,16 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
     """Answers with ``answerer``, then routes the answer through a :class:`~gradguard.routing.Router`.
 
     ``answerer`` must return a scored message (end it with ``ChatGradguard``, or watch its chat model with a
-    ``GradguardCallbackHandler``; a message scored in another process is routed from its metadata). The
-    policy's tiers map the answer's signal to accept, abstain, reject or escalate; escalate tiers name entries
-    of ``targets``: an :data:`~gradguard.routing.EscalationTarget` (e.g. ``human_review_target(queue)``) or a
-    Runnable / chat model (adapted by :func:`runnable_target`); a name missing from ``targets`` raises
-    :class:`RouterInputError` at construction.
-
+    ``GradguardCallbackHandler``; one scored in another process is routed from its metadata). Escalate tiers name
+    entries of ``targets``: :data:`~gradguard.routing.EscalationTarget` functions (e.g. ``human_review_target``)
+    or Runnables / chat models (adapted by :func:`runnable_target`); a missing name raises at construction.
     The signal: the calibrated ``confidence`` (default); on an uncalibrated model ``signal="hybridgrad",
     max_uncertainty=x`` (larger = less confident); or ``confidence_fn(result) -> float | None``. It fails closed.
 
-    The output is an ``AIMessage``: the accepted answer or the policy's ``abstain_text``, with
+    The output is an ``AIMessage`` (the accepted answer or the policy's ``abstain_text``) with
     ``response_metadata["gradguard"]`` (the last answer's score) and ``["gradguard_route"]``
-    (:meth:`~gradguard.routing.RouteOutcome.metadata`: action, reason, the calibrated confidence or ``None``,
-    signal, signal_value, tier, trail, review_id), also dispatched as the custom callback event
-    ``gradguard_route``. ``on_reject="raise"`` raises :class:`AnswerRejectedError` on a rejection.
+    (:meth:`~gradguard.routing.RouteOutcome.metadata`, also the ``gradguard_route`` callback event).
+    ``on_reject="raise"`` raises :class:`AnswerRejectedError` on a rejection.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
