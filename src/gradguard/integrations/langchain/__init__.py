@@ -1,11 +1,10 @@
 """gradguard for LangChain (``pip install 'gradguard[langchain]'``; see ``docs/langchain.md``).
 
-- :class:`ChatGradguard`: a chat model over a local Hugging Face model; every answer carries
-  ``response_metadata["gradguard"]`` (confidence and uncertainties; larger uncertainty = less confident).
-- :class:`GradguardCallbackHandler` / :func:`gradguard_callback`: score the answers of a model you host
-  with ``langchain_huggingface`` (``ChatHuggingFace``).
-- :class:`ConfidenceGuardParser`: an output parser that raises, abstains or annotates on an unconfident answer.
-- :class:`ConfidenceRouter`: a Runnable that accepts, abstains, rejects or escalates by a routing policy.
+:class:`ChatGradguard` hosts a local Hugging Face model whose every answer carries ``response_metadata["gradguard"]``
+(confidence and uncertainties; larger uncertainty = less confident); :class:`GradguardCallbackHandler` /
+:func:`gradguard_callback` score a model you host with ``langchain_huggingface``; :class:`ConfidenceGuardParser`
+raises, abstains or annotates on an unconfident answer; :class:`ConfidenceRouter` accepts, abstains, rejects or
+escalates by a routing policy.
 """
 
 from __future__ import annotations

@@ -17,16 +17,9 @@ from langchain_core.tracers.context import register_configure_hook
 from pydantic import BaseModel, ConfigDict, Field
 
 from gradguard.errors import GradguardError
-from gradguard.integrations._core import LocalBackend, score_foreign
+from gradguard.integrations._core import METADATA_KEY, LocalBackend, score_foreign, unscored_metadata
 from gradguard.integrations.langchain.chat_model import to_chat_dicts
-from gradguard.integrations.langchain.metadata import (
-    GRADGUARD_KEY,
-    is_scored,
-    read_metadata,
-    remember_result,
-    result_for,
-    unscored_metadata,
-)
+from gradguard.integrations.langchain.metadata import is_scored, read_metadata, remember_result, result_for
 from gradguard.result import ScoreResult
 from gradguard.scorer import GradScorer
 
@@ -106,9 +99,8 @@ class GradguardCallbackHandler(BaseCallbackHandler):
 
     def record(self, run_id: UUID | str) -> ScoreRecord:
         """The record of the (first) completion of run ``run_id``; raises :class:`UnknownRunError`."""
-        key = UUID(str(run_id))
         with self._lock:
-            found = self._records.get(key)
+            found = self._records.get(UUID(str(run_id)))
         if not found:
             raise UnknownRunError(
                 f"no completion of run {run_id} was scored by this handler; pass the handler in the run's "
@@ -151,7 +143,7 @@ class GradguardCallbackHandler(BaseCallbackHandler):
             record = ScoreRecord(**fields)
             message = getattr(generation, "message", None)
             if message is not None and self.attach:
-                message.response_metadata.setdefault(GRADGUARD_KEY, record.metadata)
+                message.response_metadata.setdefault(METADATA_KEY, record.metadata)
             if message is not None and record.result is not None and isinstance(message.id, str):
                 remember_result(message.id, record.result)
             records.append(record)

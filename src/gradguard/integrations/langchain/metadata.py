@@ -1,8 +1,7 @@
 """Reading the score metadata of LangChain messages, the guard signal, and the in-process result store.
 
 A scored completion carries :meth:`gradguard.ScoreResult.metadata` under ``response_metadata["gradguard"]``
-(one that could not be scored: ``scored=False`` and an ``error``). Guards fail closed: no metadata,
-``scored=False`` or a NaN/None value is *unconfident*.
+(unscorable: ``scored=False`` and an ``error``). Guards fail closed: no metadata, ``scored=False`` or NaN fails.
 """
 
 from __future__ import annotations

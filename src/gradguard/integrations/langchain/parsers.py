@@ -133,11 +133,9 @@ class ConfidenceGuardParser(BaseOutputParser[str]):
         answer = self.abstain_text if not verdict.passed and self.on_fail == "abstain" else text
         if self.output == "message":
             base = generation.message if isinstance(generation, ChatGeneration) else None
-            response_metadata = dict(getattr(base, "response_metadata", {}) or {})
-            response_metadata[GUARD_KEY] = verdict.metadata()
-            if isinstance(base, AIMessage):
-                return base.model_copy(update={"content": answer, "response_metadata": response_metadata})
-            return AIMessage(content=answer, response_metadata=response_metadata)
+            bag = {**(getattr(base, "response_metadata", None) or {}), GUARD_KEY: verdict.metadata()}
+            message = base if isinstance(base, AIMessage) else AIMessage(content="")
+            return message.model_copy(update={"content": answer, "response_metadata": bag})
         return GuardedText(answer, verdict, read_metadata(generation))
 
     def parse(self, text: str) -> Any:

@@ -167,12 +167,8 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
     _router: Router = PrivateAttr()
 
     def __init__(self, answerer: Runnable | None = None, policy: RoutingPolicy | None = None, **kwargs: Any) -> None:
-        if answerer is not None:
-            kwargs["answerer"] = answerer
-        if policy is not None:
-            kwargs["policy"] = policy
         try:
-            super().__init__(**kwargs)
+            super().__init__(answerer=answerer, policy=policy, **kwargs)
         except ValidationError as exc:
             hint = "use answerer, policy, targets, signal, max_uncertainty, confidence_fn, question_key or on_reject"
             raise _pydantic_error("ConfidenceRouter", exc, RouterInputError, hint) from None
