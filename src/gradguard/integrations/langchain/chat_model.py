@@ -10,7 +10,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr
 
 from gradguard.integrations._core import (
     CALL_OPTIONS,
@@ -22,7 +22,7 @@ from gradguard.integrations._core import (
     UnknownOptionError,
     with_system_prompt,
 )
-from gradguard.integrations.langchain.metadata import _pydantic_error, remember_result
+from gradguard.integrations.langchain.metadata import _validation_as, remember_result
 from gradguard.result import ScoreResult
 from gradguard.scorer import GradScorer
 
@@ -109,11 +109,8 @@ class ChatGradguard(BaseChatModel):
     _defaults: GenerationOptions = PrivateAttr()
 
     def __init__(self, **kwargs: Any) -> None:
-        try:
+        with _validation_as(ChatGradguard, ChatInputError):  # a local model: no API key, retries, ...
             super().__init__(**kwargs)
-        except ValidationError as exc:
-            hint = "a local model takes no API key, retries or other client options: remove it"
-            raise _pydantic_error("ChatGradguard", exc, ChatInputError, hint) from None
         self._defaults = _options(GenerationOptions(), self.model_dump(include=set(CALL_OPTIONS)), None)
         self._backend = LocalBackend(self.model, self.scorer)
 

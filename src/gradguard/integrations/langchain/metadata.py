@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from pydantic import ValidationError, model_validator
+from pydantic import BaseModel, ValidationError, model_validator
 
 from gradguard.integrations._core import GUARD_KEY, METADATA_KEY, ROUTE_KEY, find_metadata, openai_logprobs
 from gradguard.integrations._core.deprecation import deprecated_names
@@ -78,17 +80,22 @@ class GuardSignal(_CoreGuardSignal):
         return self.check(meta)
 
 
-def _pydantic_error(owner: str, exc: ValidationError, error: type[Exception], options: str) -> Exception:
-    """``exc`` as ``error``, naming each bad field with its value, and for an unknown one the ``options``."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
-        got = err.get("input", "(missing)")
-        if err.get("type") == "extra_forbidden":
-            parts.append(f"no option {loc!r} (got {got!r}); {options}")
-        else:
-            parts.append(f"{loc}={got!r}: {err.get('msg')}")
-    return error(f"{owner}: " + "; ".join(parts))
+@contextmanager
+def _validation_as(model: type[BaseModel], error: type[Exception]) -> Iterator[None]:
+    """Raise pydantic's ``ValidationError`` for ``model`` as ``error``, naming each bad value (or unknown option)."""
+    try:
+        yield
+    except ValidationError as exc:
+        own = sorted(set(model.model_fields) - set(getattr(model.__mro__[1], "model_fields", {})))
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
+            got = err.get("input", "(missing)")
+            if err.get("type") == "extra_forbidden":
+                parts.append(f"no option {loc!r} (got {got!r}); its own options are {own}")
+            else:
+                parts.append(f"{loc}={got!r}: {err.get('msg')}")
+        raise error(f"{model.__name__}: " + "; ".join(parts)) from None
 
 
 # Full results of the latest completions of this process, by message id (oldest dropped first).

@@ -8,11 +8,11 @@ from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import BaseOutputParser
 from langchain_core.outputs import ChatGeneration, Generation
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from gradguard.errors import GradguardError
 from gradguard.integrations._core import GUARD_KEY
-from gradguard.integrations.langchain.metadata import GuardConfigError, GuardSignal, _pydantic_error, read_metadata
+from gradguard.integrations.langchain.metadata import GuardConfigError, GuardSignal, _validation_as, read_metadata
 from gradguard.routing import DEFAULT_ABSTAIN_TEXT
 
 __all__ = ["ConfidenceGuardParser", "GuardVerdict", "GuardedText", "LowConfidenceError", "ON_FAIL_MODES"]
@@ -89,11 +89,8 @@ class ConfidenceGuardParser(BaseOutputParser[str]):
     _guard: GuardSignal = PrivateAttr()
 
     def __init__(self, **kwargs: Any) -> None:
-        try:
+        with _validation_as(ConfidenceGuardParser, GuardConfigError):
             super().__init__(**kwargs)
-        except ValidationError as exc:
-            hint = "use on_fail, signal, min_confidence, max_uncertainty, abstain_text or output"
-            raise _pydantic_error("ConfidenceGuardParser", exc, GuardConfigError, hint) from None
         self._guard = GuardSignal.from_options(
             self.signal, self.max_uncertainty, min_confidence=self.min_confidence, owner="ConfidenceGuardParser"
         )

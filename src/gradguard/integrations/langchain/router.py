@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ensure_config, merge_configs
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from gradguard.errors import GradguardError
 from gradguard.integrations._core import (
@@ -30,7 +30,7 @@ from gradguard.integrations.langchain.callbacks import GradguardCallbackHandler
 from gradguard.integrations.langchain.metadata import (
     GuardConfigError,
     GuardSignal,
-    _pydantic_error,
+    _validation_as,
     read_metadata,
     result_for,
 )
@@ -167,15 +167,10 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
     _router: Router = PrivateAttr()
 
     def __init__(self, answerer: Runnable | None = None, policy: RoutingPolicy | None = None, **kwargs: Any) -> None:
-        try:
+        with _validation_as(ConfidenceRouter, RouterInputError):
             super().__init__(answerer=answerer, policy=policy, **kwargs)
-        except ValidationError as exc:
-            hint = "use answerer, policy, targets, signal, max_uncertainty, confidence_fn, question_key or on_reject"
-            raise _pydantic_error("ConfidenceRouter", exc, RouterInputError, hint) from None
-        if self.confidence_fn is not None and (self.signal != "confidence" or self.max_uncertainty is not None):
-            raise GuardConfigError(
-                "ConfidenceRouter: confidence_fn replaces signal/max_uncertainty; pass one or the other"
-            )
+        if self.confidence_fn is not None and self.signal != "confidence":  # from_options checks max_uncertainty
+            raise GuardConfigError(f"ConfidenceRouter: confidence_fn replaces signal={self.signal!r}; drop one")
         signal = GuardSignal.from_options(
             self.confidence_fn or self.signal, self.max_uncertainty, owner="ConfidenceRouter"
         )
