@@ -54,13 +54,12 @@ class ScoreRecord(BaseModel):
 
 
 class GradguardCallbackHandler(BaseCallbackHandler):
-    """Scores every chat completion of the runs it watches (e.g. ``ChatHuggingFace`` over a local
-    ``HuggingFacePipeline``) teacher-forced with a :class:`~gradguard.GradScorer` over the same model, sets
-    ``message.response_metadata["gradguard"]`` (same schema as ``ChatGradguard``) and keeps a thread-safe record
-    by run id (:meth:`record`: where a streamed answer's score is). It never raises into the chain: a completion
-    that cannot be scored is recorded with ``scored=False`` and an ``error`` (unconfident); one already scored
-    (by ``ChatGradguard``) is recorded, not scored again. Build it with ``GradguardCallbackHandler(scorer)`` or
-    ``GradguardCallbackHandler.from_chat_model(chat_hf)``.
+    """Scores every chat completion of the runs it watches (e.g. ``ChatHuggingFace`` over a local pipeline)
+    teacher-forced with a :class:`~gradguard.GradScorer` over the same model, sets ``response_metadata["gradguard"]``
+    and keeps a thread-safe record by run id (:meth:`record`: where a streamed answer's score is). It never raises
+    into the chain: an unscorable completion is recorded with ``scored=False`` and an ``error`` (unconfident); one
+    already scored (by ``ChatGradguard``) is recorded, not scored again. Build it with
+    ``GradguardCallbackHandler(scorer)`` or ``GradguardCallbackHandler.from_chat_model(chat_hf)``.
     """
 
     raise_error: bool = False

@@ -143,14 +143,12 @@ class ConfidenceRouter(RunnableSerializable[Any, AIMessage]):
     ``answerer`` must return a scored message (end it with ``ChatGradguard``, or watch its chat model with a
     ``GradguardCallbackHandler``; one scored in another process is routed from its metadata). Escalate tiers name
     entries of ``targets``: :data:`~gradguard.routing.EscalationTarget` functions (e.g. ``human_review_target``)
-    or Runnables / chat models (adapted by :func:`runnable_target`); a missing name raises at construction.
-    The signal: the calibrated ``confidence`` (default); on an uncalibrated model ``signal="hybridgrad",
-    max_uncertainty=x`` (larger = less confident); or ``confidence_fn(result) -> float | None``. It fails closed.
-
-    The output is an ``AIMessage`` (the accepted answer or the policy's ``abstain_text``) with
-    ``response_metadata["gradguard"]`` (the last answer's score) and ``["gradguard_route"]``
-    (:meth:`~gradguard.routing.RouteOutcome.metadata`, also the ``gradguard_route`` callback event).
-    ``on_reject="raise"`` raises :class:`AnswerRejectedError` on a rejection.
+    or Runnables / chat models (adapted by :func:`runnable_target`). The signal: the calibrated ``confidence``
+    (default), a raw uncertainty (``signal="hybridgrad", max_uncertainty=x``; larger = less confident) or
+    ``confidence_fn(result) -> float | None``; it fails closed. The output is an ``AIMessage`` (the accepted
+    answer or the policy's ``abstain_text``) with ``response_metadata["gradguard"]`` (the last answer's score)
+    and ``["gradguard_route"]`` (:meth:`~gradguard.routing.RouteOutcome.metadata`, also the ``gradguard_route``
+    callback event). ``on_reject="raise"`` raises :class:`AnswerRejectedError` on a rejection.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
