@@ -91,7 +91,8 @@ def test_builtin_tasks_format_their_prompts() -> None:
     assert builtin_task("closed-qa").messages("Who?")[0]["role"] == "system"
     with pytest.raises(InputError, match="pass context="):
         rag.messages("Where?")
-    assert set(BUILTIN_TASKS) == {"closed-qa", "rag", "chat"}
+    assert set(BUILTIN_TASKS) == {"closed-qa", "rag", "chat", "tools"}
+    assert builtin_task("tools").tool_calls and not builtin_task("rag").tool_calls
 
 
 def test_unknown_or_malformed_task_names_are_errors() -> None:

@@ -1,7 +1,7 @@
 """Tasks: what a calibration is a calibration *of* — a prompt format, a judge and a domain.
 
 A calibrated confidence means "P(correct) for answers produced the way the calibration data
-was produced". Three tasks are built in:
+was produced". Four tasks are built in:
 
 - ``closed-qa``: a short answer from the model's own knowledge (system prompt
   :data:`~gradguard.data.DEFAULT_SYSTEM_PROMPT`, the question as the user message; judge
@@ -12,6 +12,10 @@ was produced". Three tasks are built in:
   the answer is correct exactly when it declines (:class:`DeclineRule`).
 - ``chat``: a free-form answer in sentences to a bare question (no system prompt), as
   ``gradguard ask`` asks it; judge ``containment``.
+- ``tools``: a turn with tools bound: the conversation as it is, the tools rendered by the model's own
+  chat template (``tools=``); its confidence is **per tool call** (the call's own token span) and
+  its judge ``bfcl`` is BFCL's checker (:mod:`gradguard.evaluation.tool_calls`): the right function,
+  every argument among the acceptable values; on a question no tool fits, right = no call.
 
 A user's own prompt is its own task: any other name, defined by a :class:`Task` record (from a
 JSON file given to ``gradguard calibrate --task NAME --prompt-template FILE``) and stored in the
@@ -35,6 +39,7 @@ __all__ = [
     "TASK_NAME_PATTERN",
     "RAG_SYSTEM_PROMPT",
     "RAG_USER_TEMPLATE",
+    "TOOLS_MAX_NEW_TOKENS",
     "DEFAULT_DECLINE_PHRASES",
     "DeclineRule",
     "Task",
@@ -55,6 +60,9 @@ RAG_SYSTEM_PROMPT = (
 )
 #: The ``rag`` task's user message; ``{context}`` and ``{question}`` are filled in.
 RAG_USER_TEMPLATE = "Context: {context}\n\nQuestion: {question}"
+
+#: The ``tools`` task's answer length: room for a call with several arguments (a text reply stops early).
+TOOLS_MAX_NEW_TOKENS = 128
 
 #: Phrases that mark a declined answer (matched on lower-cased text with curly quotes straightened).
 DEFAULT_DECLINE_PHRASES: tuple[str, ...] = (
@@ -118,7 +126,9 @@ class Task(BaseModel):
     """How answers of one task are asked and judged. A calibration is valid for its task only.
 
     ``user_template`` contains ``{question}`` and, for tasks with a context, ``{context}``.
-    ``judge`` names a judge of :mod:`gradguard.calibration.judge` (``containment`` or ``f1``).
+    ``judge`` names a judge of :mod:`gradguard.calibration.judge` (``containment`` or ``f1``), or ``bfcl``:
+    tool calls checked by BFCL's rules (:mod:`gradguard.evaluation.tool_calls`; the built-in ``tools``
+    task, whose questions carry their own messages and tools).
     With ``declines`` set, a question marked ``is_impossible`` is answered correctly exactly when
     the answer declines, and a declined answer to an answerable question is wrong.
     """
@@ -129,7 +139,7 @@ class Task(BaseModel):
     description: str = ""
     system_prompt: str | None = None
     user_template: str = "{question}"
-    judge: Literal["containment", "f1"] = "containment"
+    judge: Literal["containment", "f1", "bfcl"] = "containment"
     max_new_tokens: int = Field(64, ge=1, le=4096)
     declines: DeclineRule | None = None
 
@@ -145,6 +155,11 @@ class Task(BaseModel):
                 f"(write literal braces as {{{{ and }}}}): {exc}"
             ) from None
         return self
+
+    @property
+    def tool_calls(self) -> bool:
+        """True for a task whose answers are tool calls judged per call (judge ``bfcl``, e.g. ``tools``)."""
+        return self.judge == "bfcl"
 
     @property
     def needs_context(self) -> bool:
@@ -200,6 +215,14 @@ BUILTIN_TASKS: dict[str, Task] = {
             system_prompt=None,
             judge="containment",
             max_new_tokens=64,
+        ),
+        Task(
+            name="tools",
+            description="tool calls: the conversation with tools bound through the chat template; one confidence "
+            "per call (right function, every argument acceptable by BFCL's checker; no call when no tool fits)",
+            system_prompt=None,
+            judge="bfcl",
+            max_new_tokens=TOOLS_MAX_NEW_TOKENS,
         ),
     )
 }
