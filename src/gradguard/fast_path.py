@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from gradguard.errors import InputError
-from gradguard.head_gradient import head_gradients, token_stats
+from gradguard.head_gradient import TokenStats, head_gradients, token_stats
 from gradguard.result import HiddenStates
 
 __all__ = ["RawScores", "fast_scores", "crop_cache", "decoder_layers", "logit_softcap"]
@@ -44,6 +44,21 @@ class RawScores:
     hidden: HiddenStates | None = None
     #: Per response token, the k most likely ``(token_id, log p)`` pairs (when asked for), most likely first.
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    #: The half-open token range ``[a, b)`` of the response the loss covered; ``entropy``, ``nll`` and
+    #: ``top_logprobs`` cover the tokens ``[0, b)`` when the row was asked for full statistics, else ``[a, b)``.
+    window: tuple[int, int] | None = None
+    #: Index into ``entropy``/``nll`` where the window starts (``a`` with full statistics, else 0).
+    window_offset: int = 0
+
+    @property
+    def window_nll(self) -> list[float]:
+        """Token NLLs over the loss window."""
+        return self.nll[self.window_offset :]
+
+    @property
+    def window_entropy(self) -> list[float]:
+        """Token entropies over the loss window."""
+        return self.entropy[self.window_offset :]
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
@@ -117,17 +132,18 @@ def _capture_layer_inputs(
 
 
 def _hidden_states(
-    layer_inputs: dict[int, torch.Tensor], u: torch.Tensor, layers: Sequence[int], b: int, first: int, n_tokens: int
+    layer_inputs: dict[int, torch.Tensor], u: torch.Tensor, layers: Sequence[int], b: int, first: int, lo: int, hi: int
 ) -> HiddenStates:
-    """The probe's hidden states of batch row ``b`` (segment index ``first`` is the last prompt token)."""
+    """The probe's hidden states of batch row ``b`` (segment index ``first`` is the last prompt token; the answer
+    positions are those predicting the window's tokens ``lo … hi−1``)."""
     rows = [(layer_inputs[i] if i in layer_inputs else u)[b].detach().float() for i in layers]
     stacked = torch.stack(rows)  # (k, width, d)
-    last = first + n_tokens - 1
+    last = first + hi - 1
     states = {
         "spt": stacked[:, 0],
         "prompt_last": stacked[:, first],
         "answer_last": stacked[:, last],
-        "answer_mean": stacked[:, first : last + 1].mean(dim=1),
+        "answer_mean": stacked[:, first + lo : last + 1].mean(dim=1),
     }
     return HiddenStates(layers=tuple(layers), states={k: v.cpu().numpy() for k, v in states.items()})
 
@@ -167,6 +183,33 @@ def _graph_from_layer(
             handle.remove()
 
 
+def _check_windows(
+    responses: Sequence[Sequence[int]], windows: Sequence[tuple[int, int] | None] | None
+) -> list[tuple[int, int]]:
+    """Each response's loss window as ``(a, b)`` with ``0 <= a < b <= len(response)``."""
+    if windows is None:
+        return [(0, len(r)) for r in responses]
+    if len(windows) != len(responses):
+        raise InputError(f"got {len(windows)} windows for {len(responses)} responses; pass one (or None) per response")
+    out = []
+    for i, (r, w) in enumerate(zip(responses, windows, strict=True)):
+        a, b = (0, len(r)) if w is None else (int(w[0]), int(w[1]))
+        if not 0 <= a < b <= len(r):
+            raise InputError(
+                f"window {w!r} of response {i} is not a non-empty token range inside [0, {len(r)}]; "
+                f"pass (a, b) with 0 <= a < b <= {len(r)}"
+            )
+        out.append((a, b))
+    return out
+
+
+def _slice_stats(stats: TokenStats, k: int) -> TokenStats:
+    """``stats`` without its first ``k`` tokens."""
+    return TokenStats(
+        logits=stats.logits[k:], log_probs=stats.log_probs[k:], entropy=stats.entropy[k:], nll=stats.nll[k:]
+    )
+
+
 def _top_logprobs(log_probs: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
     """The ``k`` most likely ``(token_id, log p)`` pairs of each row of ``log_probs`` (T, V), most likely first."""
     values, indices = log_probs.topk(min(k, log_probs.shape[-1]), dim=-1)
@@ -182,8 +225,17 @@ def fast_scores(
     cache: DynamicCache | None = None,
     hidden_layers: Sequence[int] = (),
     top_logprobs: int = 0,
+    windows: Sequence[tuple[int, int] | None] | None = None,
+    full_stats: Sequence[bool] | None = None,
 ) -> list[RawScores]:
     """Score several non-empty responses to one prompt in one batch.
+
+    ``windows[i] = (a, b)`` restricts response ``i``'s loss to its tokens ``a … b−1`` (``None``: all of them):
+    T, the entropy weights and α are taken over the window, tokens before it are teacher-forced inputs
+    only, and tokens after it do not matter (causal attention). The same response may appear in several
+    rows with different windows (one per tool call): each row gets its own backward signal in the one
+    batched pass. ``full_stats[i]`` (default True) also returns the statistics of the tokens before the
+    window (``RawScores.window_offset`` marks where the window starts).
 
     ``hidden_layers`` (indices ``0 … L``; ``L`` = the final normed output) selects hidden states
     this pass computes anyway to return in :attr:`RawScores.hidden` (see :class:`HiddenStates`);
@@ -195,6 +247,10 @@ def fast_scores(
     """
     batch = len(responses)
     device = model.device
+    spans = _check_windows(responses, windows)
+    full = list(full_stats) if full_stats is not None else [True] * batch
+    if len(full) != batch:
+        raise InputError(f"full_stats has {len(full)} entries for {batch} responses; pass one per response")
     s = spt_position
     cropped = crop_cache(cache, s) if cache is not None else None
     if cropped is None:
@@ -247,21 +303,24 @@ def fast_scores(
     heads = []
     tops: list[list[list[tuple[int, float]]] | None] = []
     with torch.no_grad():
-        for b, resp in enumerate(responses):
-            n_tokens = len(resp)
-            targets = torch.tensor(list(resp), dtype=torch.long, device=device)
-            u_b = u[b, first : first + n_tokens].detach()
+        for b, (resp, (lo, hi)) in enumerate(zip(responses, spans, strict=True)):
+            stats_from = 0 if full[b] else lo
+            targets = torch.tensor(list(resp[stats_from:hi]), dtype=torch.long, device=device)
+            u_b = u[b, first + stats_from : first + hi].detach()
             stats = token_stats(u_b, weight, targets, cap)
-            head = head_gradients(u_b, weight, targets, stats, cap)
-            grad_u[b, first : first + n_tokens] = head.grad_u
-            heads.append((stats, head))
+            k = lo - stats_from
+            scored = _slice_stats(stats, k) if k else stats
+            head = head_gradients(u_b[k:], weight, targets[k:], scored, cap)
+            grad_u[b, first + lo : first + hi] = head.grad_u
+            heads.append((stats, head, k))
             tops.append(_top_logprobs(stats.log_probs, top_logprobs) if top_logprobs else None)
     grads = torch.autograd.grad(u, captured, grad_outputs=grad_u)
     n_layers, width_d = stop - start, u.shape[-1]
     vocab = weight.shape[0]
     results = []
-    for b, (stats, head) in enumerate(heads):
+    for b, (stats, head, k) in enumerate(heads):
         sem_l1 = sum(float(g[b, 0].float().abs().sum()) for g in grads)
+        lo, hi = spans[b]
         results.append(
             RawScores(
                 semgrad=sem_l1 / (n_layers * width_d),
@@ -269,10 +328,10 @@ def fast_scores(
                 exgrad=head.exgrad_l1 / (vocab * width_d),
                 entropy=stats.entropy.tolist(),
                 nll=stats.nll.tolist(),
-                hidden=_hidden_states(layer_inputs, u, hidden_layers, b, first, len(responses[b]))
-                if hidden_layers
-                else None,
+                hidden=_hidden_states(layer_inputs, u, hidden_layers, b, first, lo, hi) if hidden_layers else None,
                 top_logprobs=tops[b],
+                window=(lo, hi),
+                window_offset=k,
             )
         )
     del grads, u, captured, cropped, grad_u, layer_inputs

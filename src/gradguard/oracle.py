@@ -25,8 +25,13 @@ def oracle_scores(
     response_ids: Sequence[int],
     spt_position: int,
     layer_span: tuple[int, int],
+    window: tuple[int, int] | None = None,
 ) -> RawScores:
-    """Scores of one non-empty response by plain autograd over the whole sequence."""
+    """Scores of one non-empty response by plain autograd over the whole sequence.
+
+    ``window = (a, b)`` restricts the loss to response tokens ``a … b−1`` (the mean is over them);
+    the returned token statistics then cover the window only.
+    """
     device = model.device
     ids = torch.tensor([list(prompt_ids) + list(response_ids)], device=device)
     n_prompt, n_tokens = len(prompt_ids), len(response_ids)
@@ -38,8 +43,9 @@ def oracle_scores(
             # A detached embedding lookup: for tied embeddings only the LM-head use of the matrix counts.
             embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
             out = model(inputs_embeds=embeds, output_hidden_states=True, use_cache=False)
-            logits = out.logits[0, n_prompt - 1 : n_prompt - 1 + n_tokens].float()
-            targets = torch.tensor(list(response_ids), device=device)
+            a, b = window if window is not None else (0, n_tokens)
+            logits = out.logits[0, n_prompt - 1 + a : n_prompt - 1 + b].float()
+            targets = torch.tensor(list(response_ids[a:b]), device=device)
             logp = torch.log_softmax(logits, dim=-1)
             entropy = -(logp.exp() * logp).sum(-1).detach()
             nll = -logp.gather(-1, targets.view(-1, 1)).squeeze(-1)
@@ -61,4 +67,5 @@ def oracle_scores(
         exgrad=float(g_head_plain.float().abs().sum()) / (vocab * d),
         entropy=entropy.tolist(),
         nll=nll.detach().tolist(),
+        window=(a, b),
     )

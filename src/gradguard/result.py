@@ -25,7 +25,9 @@ __all__ = [
 
 #: The version of :meth:`ScoreResult.metadata`'s schema (its ``schema_version`` key). Every feature
 #: that adds to the metadata adds keys (readers ignore keys they do not know) and bumps it.
-METADATA_SCHEMA_VERSION = 1
+METADATA_SCHEMA_VERSION = 2
+# 1: the first published schema. 2: answers to a turn with tools bound add ``tool_calls`` (one entry per
+# call: id, name, confidence, uncertainty, in_domain), built by the integration core.
 
 #: The keys of :meth:`ScoreResult.metadata`, the schema every integration publishes
 #: (:func:`unscored_metadata` adds ``error``).
@@ -158,6 +160,17 @@ class ScoreResult(BaseModel):
         description="Why generation ended: 'length' when max_new_tokens ran out before an end-of-turn token or a stop "
         "string, else 'stop'; None for a given (not generated) response.",
     )
+    span: tuple[int, int] | None = Field(
+        None,
+        description="The half-open range [a, b) of token_ids the scores cover (the loss is restricted to it: T, the "
+        "entropies and alpha are taken over it); None = all of token_ids. Tokens before it (a prefill, a reasoning "
+        "section) are teacher-forced but not scored.",
+    )
+    parts: tuple[ScoreResult, ...] = Field(
+        (),
+        description="Spans of the response scored on their own (e.g. one per tool call), in the order asked; each "
+        "has the whole response's token_ids and its own span, scores and confidence.",
+    )
     top_logprobs: list[list[tuple[int, float]]] | None = Field(
         None,
         exclude=True,
@@ -172,6 +185,26 @@ class ScoreResult(BaseModel):
         return not self.empty and all(
             math.isfinite(v) for v in (self.hybridgrad, self.semgrad, self.paragrad, self.exgrad)
         )
+
+    @property
+    def scored_slice(self) -> slice:
+        """The slice of ``token_ids`` (and of the per-token arrays) that the scores cover."""
+        return slice(*self.span) if self.span is not None else slice(0, len(self.token_ids))
+
+    @property
+    def scored_logprobs(self) -> tuple[float, ...]:
+        """``token_logprobs`` of the scored tokens (see :attr:`span`)."""
+        return self.token_logprobs[self.scored_slice] if self.span is not None else self.token_logprobs
+
+    @property
+    def scored_entropies(self) -> tuple[float, ...]:
+        """``token_entropies`` of the scored tokens (see :attr:`span`)."""
+        return self.token_entropies[self.scored_slice] if self.span is not None else self.token_entropies
+
+    @property
+    def n_scored_tokens(self) -> int:
+        """How many tokens the scores cover (``n_response_tokens`` unless :attr:`span` is set)."""
+        return self.span[1] - self.span[0] if self.span is not None else self.n_response_tokens
 
     def uncertainty(self) -> dict[str, float]:
         """The uncertainty scores as a plain dict (keys :data:`UNCERTAINTY_KEYS`)."""

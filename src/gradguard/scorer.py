@@ -10,8 +10,8 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
 
 import torch
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
@@ -24,17 +24,19 @@ from gradguard.loading import load_model
 from gradguard.oracle import oracle_scores
 from gradguard.profiles import Profile, ProfileError, ProfileWarning, manual_profile, resolve_profile
 from gradguard.profiles.schema import TaskCalibration
-from gradguard.prompting import Messages, end_of_turn_ids, template_prompt, tokenize_response
+from gradguard.prompting import Messages, Tools, end_of_turn_ids, template_prompt, tokenize_response
 from gradguard.result import CalibrationInfo, ScoreResult, Timings
 from gradguard.tasks import BUILTIN_TASKS, UnknownTaskError, check_task_name
 
-__all__ = ["GradScorer", "combine_scores"]
+__all__ = ["GradScorer", "combine_scores", "SpanPlan", "SpanFn"]
 
 
 def combine_scores(raw: RawScores) -> dict[str, float]:
-    """Turn norms and per-token statistics into the reported scores (see :class:`ScoreResult`)."""
-    n_tokens = len(raw.nll)
-    mean_entropy = sum(raw.entropy) / n_tokens
+    """Turn norms and per-token statistics into the reported scores (see :class:`ScoreResult`); the token
+    statistics are taken over the loss window (:attr:`RawScores.window`)."""
+    nll, entropy = raw.window_nll, raw.window_entropy
+    n_tokens = len(nll)
+    mean_entropy = sum(entropy) / n_tokens
     alpha = math.exp(-mean_entropy)
     return {
         "semgrad": raw.semgrad,
@@ -43,9 +45,9 @@ def combine_scores(raw: RawScores) -> dict[str, float]:
         "hybridgrad": alpha * raw.paragrad + (1.0 - alpha) * raw.semgrad,
         "alpha": alpha,
         "mean_entropy": mean_entropy,
-        "g_nll": sum(raw.nll),
-        "mean_nll": sum(raw.nll) / n_tokens,
-        "max_nll": max(raw.nll),
+        "g_nll": sum(nll),
+        "mean_nll": sum(nll) / n_tokens,
+        "max_nll": max(nll),
     }
 
 
@@ -55,6 +57,22 @@ _NAN_SCORES = dict.fromkeys(
 
 
 FinishReason = Literal["stop", "length"]
+
+
+class SpanPlan(NamedTuple):
+    """Which tokens of an answer to score: half-open token ranges into the answer's ids (prefill included).
+
+    ``main``: the message-level score's range (``None``: every token after the prefill); it must end
+    at the answer's end. ``parts``: ranges scored on their own (one per tool call, say), each with the
+    loss restricted to it, in the same batched pass.
+    """
+
+    main: tuple[int, int] | None = None
+    parts: Sequence[tuple[int, int]] = ()
+
+
+#: Maps an answer's token ids (prefill included) to the spans to score.
+SpanFn = Callable[[list[int]], SpanPlan]
 
 #: The most alternatives per token ``top_logprobs`` may ask for (OpenAI's limit).
 MAX_TOP_LOGPROBS = 20
@@ -271,9 +289,9 @@ class GradScorer:
         cfg = self.model.config.get_text_config()
         return int(getattr(cfg, "max_position_embeddings", None) or self.tokenizer.model_max_length)
 
-    def prompt_ids(self, messages: Messages) -> list[int]:
-        """Token ids of ``messages`` in the model's chat template, generation prompt included."""
-        return template_prompt(self.tokenizer, messages)
+    def prompt_ids(self, messages: Messages, tools: Tools | None = None) -> list[int]:
+        """Token ids of ``messages`` (and ``tools``) in the model's chat template, generation prompt included."""
+        return template_prompt(self.tokenizer, messages, tools)
 
     def _spt_position(self, prompt_ids: Sequence[int]) -> int:
         position = len(prompt_ids) + self.spt_offset
@@ -304,12 +322,18 @@ class GradScorer:
         cal: TaskCalibration | None = None,
         finish_reason: FinishReason | None = None,
         top_logprobs: int = 0,
+        span: tuple[int, int] | None = None,
+        like: ScoreResult | None = None,
     ) -> ScoreResult:
+        """The result for ``raw``; ``like``: take the per-token arrays from this result (a part's parent)."""
         scores = combine_scores(raw) if raw is not None else _NAN_SCORES
         logprobs = tuple(-x for x in raw.nll) if raw is not None else ()
+        entropies = tuple(raw.entropy) if raw is not None else ()
         top = None
         if top_logprobs:
             top = raw.top_logprobs if raw is not None and raw.top_logprobs is not None else []
+        if like is not None:
+            logprobs, entropies, top = like.token_logprobs, like.token_entropies, like.top_logprobs
         result = ScoreResult(
             **scores,
             n_response_tokens=len(response_ids),
@@ -322,7 +346,8 @@ class GradScorer:
             empty=raw is None,
             token_ids=tuple(int(i) for i in response_ids),
             token_logprobs=logprobs,
-            token_entropies=tuple(raw.entropy) if raw is not None else (),
+            token_entropies=entropies,
+            span=span,
             hidden=raw.hidden if raw is not None else None,
             model=self.model_name,
             profile=self.profile.name,
@@ -354,7 +379,15 @@ class GradScorer:
         return result.model_copy(update=update) if update else result
 
     def score(
-        self, messages: Messages, response: str | Sequence[int], *, task: str | None = None, top_logprobs: int = 0
+        self,
+        messages: Messages,
+        response: str | Sequence[int],
+        *,
+        task: str | None = None,
+        top_logprobs: int = 0,
+        tools: Tools | None = None,
+        prefill: str = "",
+        spans: SpanFn | None = None,
     ) -> ScoreResult:
         """Score ``response`` (text or token ids) as the answer to ``messages`` (teacher-forced).
 
@@ -363,8 +396,13 @@ class GradScorer:
         ``task`` chooses the calibration (default: the scorer's task). ``top_logprobs=k``
         (0–20) fills ``result.top_logprobs`` with the ``k`` most likely tokens at each position,
         from the same scoring pass.
+
+        ``tools``, ``prefill`` and ``spans`` act as in :meth:`generate_and_score`; a ``prefill`` must be the
+        start of ``response`` (it is teacher-forced, not scored).
         """
-        return self.score_many(messages, [response], task=task, top_logprobs=top_logprobs)[0]
+        return self.score_many(
+            messages, [response], task=task, top_logprobs=top_logprobs, tools=tools, prefill=prefill, spans=spans
+        )[0]
 
     def score_many(
         self,
@@ -373,6 +411,9 @@ class GradScorer:
         *,
         task: str | None = None,
         top_logprobs: int = 0,
+        tools: Tools | None = None,
+        prefill: str = "",
+        spans: SpanFn | None = None,
     ) -> list[ScoreResult]:
         """Score several responses to the same ``messages`` in one batch (same results as one by one)."""
         if isinstance(responses, str):
@@ -380,12 +421,41 @@ class GradScorer:
         top_k = _check_top_logprobs(top_logprobs)
         with self.lock:
             name = self._check_task(task) if task is not None else self.task
-            prompt = self.prompt_ids(messages)
+            prompt = self.prompt_ids(messages, tools)
             position = self._spt_position(prompt)
             ids = [tokenize_response(self.tokenizer, r, self._eot_ids) for r in responses]
-            for r in ids:
+            n_prefill = len(self._prefill_ids(prefill))
+            for i, r in enumerate(ids):
                 self._check_length(len(prompt), len(r))
-            return self._score_ids(prompt, position, ids, cache=None, task=name, top_logprobs=top_k)
+                if prefill and r[:n_prefill] != self._prefill_ids(prefill):
+                    raise InputError(
+                        f"response {i} does not start with the prefill {prefill!r}; pass the whole answer, prefill "
+                        "included, or prefill=''"
+                    )
+            return self._score_ids(
+                prompt, position, ids, cache=None, task=name, top_logprobs=top_k, n_prefill=n_prefill, spans=spans
+            )
+
+    def _prefill_ids(self, prefill: str) -> list[int]:
+        if not isinstance(prefill, str):
+            raise InputError(f"prefill={prefill!r} is not a string; pass the text the answer must start with")
+        return [int(i) for i in self.tokenizer(prefill, add_special_tokens=False)["input_ids"]] if prefill else []
+
+    def _plan(self, ids: list[int], n_prefill: int, spans: SpanFn | None) -> SpanPlan:
+        """The checked span plan of one answer (``main`` always set)."""
+        plan = spans(list(ids)) if spans is not None else SpanPlan()
+        main = plan.main if plan.main is not None else (n_prefill, len(ids))
+        if main[1] != len(ids) or not 0 <= main[0] <= main[1]:
+            raise InputError(
+                f"span plan main={plan.main!r} must be a range (a, {len(ids)}) ending at the answer's last token"
+            )
+        bad = [p for p in plan.parts if not 0 <= p[0] < p[1] <= len(ids)]
+        if bad:
+            raise InputError(
+                f"span plan parts {bad} are not non-empty token ranges inside [0, {len(ids)}); "
+                "map character offsets to tokens with gradguard.prompting.token_span"
+            )
+        return SpanPlan((int(main[0]), int(main[1])), [(int(a), int(b)) for a, b in plan.parts])
 
     def _score_ids(
         self,
@@ -397,43 +467,61 @@ class GradScorer:
         task: str | None = None,
         finish_reasons: Sequence[FinishReason | None] | None = None,
         top_logprobs: int = 0,
+        n_prefill: int = 0,
+        spans: SpanFn | None = None,
     ) -> list[ScoreResult]:
         name = task or self.task
         cal = self.calibration_for(name)
         started = time.perf_counter()
-        nonempty = [i for i, r in enumerate(ids) if r]
-        raws: dict[int, RawScores] = {}
-        if nonempty:
-            if cache is not None and len(nonempty) != len(ids):
-                cache = None  # a batched cache no longer lines up with the responses; rebuild the prefix
-            batch = fast_scores(
+        plans = [self._plan(r, n_prefill, spans) for r in ids]
+        # One row per answer (its main range) plus one per part; an empty main range is not scored.
+        rows: list[tuple[int, tuple[int, int], bool]] = []  # (answer index, window, full statistics)
+        for i, (r, plan) in enumerate(zip(ids, plans, strict=True)):
+            main = plan.main or (0, len(r))
+            if main[0] < main[1]:
+                rows.append((i, main, True))
+                rows.extend((i, part, False) for part in plan.parts)
+        raws: list[RawScores] = []
+        if rows:
+            if cache is not None and len(ids) > 1 and len(rows) != len(ids):
+                cache = None  # a batched cache no longer lines up with the rows; rebuild the prefix
+            raws = fast_scores(
                 self.model,
                 prompt,
-                [ids[i] for i in nonempty],
+                [ids[i] for i, _, _ in rows],
                 position,
                 self.layer_span,
                 cache=cache,
                 hidden_layers=self._layers_for(cal),
                 top_logprobs=top_logprobs,
+                windows=[w for _, w, _ in rows],
+                full_stats=[f for _, _, f in rows],
             )
-            raws = dict(zip(nonempty, batch, strict=True))
+        by_answer: dict[int, list[RawScores]] = {}
+        for (i, _, _), raw in zip(rows, raws, strict=True):
+            by_answer.setdefault(i, []).append(raw)
         reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(ids)
-        results = [
-            self._result(
-                raws.get(i),
-                prompt,
-                r,
-                0.0,
-                generate_s,
-                task=name,
-                cal=cal,
-                finish_reason=reasons[i],
-                top_logprobs=top_logprobs,
+        results = []
+        for i, r in enumerate(ids):
+            found = by_answer.get(i, [])
+            main_raw = found[0] if found else None
+            main = plans[i].main or (0, len(r))
+            common: dict[str, Any] = dict(task=name, cal=cal, finish_reason=reasons[i], top_logprobs=top_logprobs)
+            result = self._result(main_raw, prompt, r, 0.0, generate_s, span=None if main == (0, len(r)) else main,
+                                  **common)  # fmt: skip
+            parts = tuple(
+                self._result(raw, prompt, r, 0.0, generate_s, span=raw.window, like=result, **common)
+                for raw in found[1:]
             )
-            for i, r in enumerate(ids)
-        ]
+            results.append(result.model_copy(update={"parts": parts}) if parts else result)
         elapsed = (time.perf_counter() - started) / max(1, len(ids))
-        return [r.model_copy(update={"timings": Timings(generate_s=generate_s, score_s=elapsed)}) for r in results]
+        timings = Timings(generate_s=generate_s, score_s=elapsed)
+        return [
+            r.model_copy(
+                update={"timings": timings, "parts": tuple(p.model_copy(update={"timings": timings}) for p in r.parts)}
+            )
+            for r in results
+        ]
 
     def generate_and_score(
         self,
@@ -445,6 +533,9 @@ class GradScorer:
         stop: Sequence[str] = (),
         top_logprobs: int = 0,
         cancel: threading.Event | None = None,
+        tools: Tools | None = None,
+        prefill: str = "",
+        spans: SpanFn | None = None,
         **generate_kwargs: Any,
     ) -> ScoreResult:
         """Generate an answer to ``messages`` (greedy unless told otherwise) and score it.
@@ -468,6 +559,15 @@ class GradScorer:
         ``cancel``: an event that stops generation at the next token when set; if it is set when
         generation ends (or before it starts), nothing is scored and :class:`GenerationCancelled`
         is raised, so :attr:`lock` is released at once.
+
+        ``tools``: tool schemas (OpenAI format) rendered by the model's chat template.
+        ``prefill``: text the answer is made to start with (e.g. a tool-call opening that enforces a call):
+        it is appended after the generation prompt, generation continues it, and the answer
+        (``result.token_ids``, ``result.response``) includes it; the semantic-preserving offset is taken on
+        the prompt without it, and its tokens are teacher-forced but not scored (``result.span`` starts after it).
+        ``spans``: maps the answer's token ids to a :class:`SpanPlan`: the message-level range (e.g. after a
+        ``<think>`` section) and the parts scored on their own into ``result.parts`` (e.g. one per tool call),
+        all in the one batched scoring pass.
         """
         return self.generate_many(
             messages,
@@ -478,6 +578,9 @@ class GradScorer:
             stop=stop,
             top_logprobs=top_logprobs,
             cancel=cancel,
+            tools=tools,
+            prefill=prefill,
+            spans=spans,
             **generate_kwargs,
         )[0]
 
@@ -492,11 +595,15 @@ class GradScorer:
         stop: Sequence[str] = (),
         top_logprobs: int = 0,
         cancel: threading.Event | None = None,
+        tools: Tools | None = None,
+        prefill: str = "",
+        spans: SpanFn | None = None,
         **generate_kwargs: Any,
     ) -> list[ScoreResult]:
         """Generate ``n`` completions (pass ``do_sample=True`` for different ones) and score them in one batch.
 
-        ``stop``, ``top_logprobs`` and ``cancel`` act as in :meth:`generate_and_score`, per completion.
+        ``stop``, ``top_logprobs``, ``cancel``, ``tools``, ``prefill`` and ``spans`` act as in
+        :meth:`generate_and_score`, per completion.
         """
         if n < 1:
             raise InputError(f"n={n}: ask for at least one completion")
@@ -510,10 +617,11 @@ class GradScorer:
             criteria.append(_CancelCriteria(cancel))
         with self.lock:
             name = self._check_task(task) if task is not None else self.task
-            prompt = self.prompt_ids(messages)
+            prompt = self.prompt_ids(messages, tools)
             position = self._spt_position(prompt)
-            self._check_length(len(prompt), 0)
-            max_new_tokens = min(max_new_tokens, self.context_window - len(prompt))
+            forced = self._prefill_ids(prefill)
+            self._check_length(len(prompt), len(forced))
+            max_new_tokens = min(max_new_tokens, self.context_window - len(prompt) - len(forced))
             if max_new_tokens < 1:
                 raise ContextLengthError(
                     f"the prompt ({len(prompt)} tokens) fills the model's context window of {self.context_window} "
@@ -531,7 +639,7 @@ class GradScorer:
                 if streamer is not None:
                     streamer.end()  # a consumer iterating the streamer must not wait for a generation that never starts
                 raise GenerationCancelled("generation was cancelled before it started; nothing was generated or scored")
-            input_ids = torch.tensor([prompt], device=self.model.device)
+            input_ids = torch.tensor([prompt + forced], device=self.model.device)
             started = time.perf_counter()
             with torch.no_grad():
                 out = self.model.generate(
@@ -552,10 +660,10 @@ class GradScorer:
             ids: list[list[int]] = []
             reasons: list[FinishReason] = []
             for row in out.sequences:
-                generated = row[len(prompt) :].tolist()
+                generated = row[len(prompt) + len(forced) :].tolist()
                 answer, ended = self._until_end_of_turn(generated)
                 answer, stopped = self._before_stop(answer, stops)
-                ids.append(answer)
+                ids.append(forced + answer)
                 reasons.append("length" if not (ended or stopped) and len(generated) >= max_new_tokens else "stop")
             cache = out.cache if isinstance(out.cache, DynamicCache) else None  # transformers >= 5.24 names it `cache`
             del out
@@ -568,6 +676,8 @@ class GradScorer:
                 task=name,
                 finish_reasons=reasons,
                 top_logprobs=top_k,
+                n_prefill=len(forced),
+                spans=spans,
             )
 
     def _until_end_of_turn(self, ids: list[int]) -> tuple[list[int], bool]:
@@ -597,13 +707,24 @@ class GradScorer:
             n -= 1
         return ids[:n], True
 
-    def oracle(self, messages: Messages, response: str | Sequence[int]) -> ScoreResult:
-        """The same scores by the straightforward computation (slow; for tests and benchmarks; no confidence)."""
+    def oracle(
+        self,
+        messages: Messages,
+        response: str | Sequence[int],
+        *,
+        tools: Tools | None = None,
+        window: tuple[int, int] | None = None,
+    ) -> ScoreResult:
+        """The same scores by the straightforward computation (slow; for tests and benchmarks; no confidence).
+
+        ``window = (a, b)`` restricts the loss to response tokens ``a … b−1`` (a prefill or a tool call's span);
+        the result's per-token arrays then cover the window only.
+        """
         with self.lock:
-            prompt = self.prompt_ids(messages)
+            prompt = self.prompt_ids(messages, tools)
             position = self._spt_position(prompt)
             ids = tokenize_response(self.tokenizer, response, self._eot_ids)
             self._check_length(len(prompt), len(ids))
             started = time.perf_counter()
-            raw = oracle_scores(self.model, prompt, ids, position, self.layer_span) if ids else None
+            raw = oracle_scores(self.model, prompt, ids, position, self.layer_span, window) if ids else None
             return self._result(raw, prompt, ids, time.perf_counter() - started)

@@ -22,10 +22,11 @@ name               what it is                                                  f
 ``nll_std``        spread (std) of the token NLLs                              as is
 ``entropy_std``    spread (std) of the token entropies                         as is
 ``unsure_share``   share of answer tokens predicted with entropy > 1 nat       as is
-``answer_length``  number of answer tokens (not an uncertainty)                log
+``answer_length``  number of scored answer tokens (not an uncertainty)         log
 =================  ==========================================================  =========
 
-Gradient scores are logged because they span orders of magnitude (a zero is clipped to 1e-30).
+Token statistics read the scored tokens only (``ScoreResult.span``: a prefill or a reasoning section
+is not scored). Gradient scores are logged because they span orders of magnitude (a zero is clipped to 1e-30).
 """
 
 from __future__ import annotations
@@ -103,19 +104,19 @@ SCORES: tuple[ScoreSpec, ...] = (
     ScoreSpec("mean_nll", "mean NLL", "token", "identity", True, lambda r: r.mean_nll),
     ScoreSpec("mean_entropy", "mean entropy", "token", "identity", True, lambda r: r.mean_entropy),
     ScoreSpec("max_nll", "max NLL", "token", "identity", False, lambda r: r.max_nll),
-    ScoreSpec("max_entropy", "max entropy", "token", "identity", False, lambda r: _max(r.token_entropies)),
-    ScoreSpec("first_nll", "first-token NLL", "token", "identity", False, lambda r: _at(r.token_logprobs, 0, -1.0)),
-    ScoreSpec("first_entropy", "first-token entropy", "token", "identity", False, lambda r: _at(r.token_entropies, 0)),
-    ScoreSpec("last_nll", "last-token NLL", "token", "identity", False, lambda r: _at(r.token_logprobs, -1, -1.0)),
-    ScoreSpec("nll_std", "NLL spread", "token", "identity", False, lambda r: _std(r.token_logprobs, -1.0)),
-    ScoreSpec("entropy_std", "entropy spread", "token", "identity", False, lambda r: _std(r.token_entropies)),
+    ScoreSpec("max_entropy", "max entropy", "token", "identity", False, lambda r: _max(r.scored_entropies)),
+    ScoreSpec("first_nll", "first-token NLL", "token", "identity", False, lambda r: _at(r.scored_logprobs, 0, -1.0)),
+    ScoreSpec("first_entropy", "first-token entropy", "token", "identity", False, lambda r: _at(r.scored_entropies, 0)),
+    ScoreSpec("last_nll", "last-token NLL", "token", "identity", False, lambda r: _at(r.scored_logprobs, -1, -1.0)),
+    ScoreSpec("nll_std", "NLL spread", "token", "identity", False, lambda r: _std(r.scored_logprobs, -1.0)),
+    ScoreSpec("entropy_std", "entropy spread", "token", "identity", False, lambda r: _std(r.scored_entropies)),
     ScoreSpec(
         "unsure_share",
         "share of unsure tokens",
         "token",
         "identity",
         False,
-        lambda r: _share_above(r.token_entropies, 1.0),
+        lambda r: _share_above(r.scored_entropies, 1.0),
     ),
     ScoreSpec(
         "answer_length",
@@ -123,7 +124,7 @@ SCORES: tuple[ScoreSpec, ...] = (
         "length",
         "log",
         False,
-        lambda r: max(r.n_response_tokens, 1),
+        lambda r: max(r.n_scored_tokens, 1),
         uncertainty=False,
     ),
 )
