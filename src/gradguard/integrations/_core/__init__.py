@@ -32,10 +32,40 @@ from gradguard.integrations._core.metadata import (
     unscored_metadata,
 )
 from gradguard.integrations._core.options import CALL_OPTIONS, MAX_TOP_LOGPROBS, GenerationOptions
+from gradguard.integrations._core.streaming import stream_generation
+from gradguard.integrations._core.tool_formats import (
+    TOOL_CALL_FORMATS,
+    InvalidToolCall,
+    ParsedTurn,
+    ToolCall,
+    ToolCallFormat,
+    ToolChoiceError,
+    ToolMessageError,
+    ToolSchemaError,
+    ToolsUnsupportedError,
+    format_for,
+    register_tool_call_format,
+)
+from gradguard.integrations._core.tool_turn import (
+    REASONING_TAGS,
+    TOOLS_TASK,
+    ScoredCall,
+    ToolMessages,
+    ToolTurn,
+    TurnPiece,
+    generate_turn,
+    split_reasoning,
+    stream_turn,
+)
+from gradguard.integrations._core.tools import ToolBinding, ToolChoice, ToolNames, ToolSpec, normalize_tools
 
 __all__ = [
     "AnswerRejectedError", "CALL_OPTIONS", "GUARD_KEY", "GenerationOptions", "IntegrationError", "LocalBackend",
     "MAX_TOP_LOGPROBS", "METADATA_KEY", "Messages", "MissingDependencyError", "ROUTE_EVENT", "ROUTE_KEY",
     "ScoringBackend", "StreamPiece", "UnknownOptionError", "attach_metadata", "find_metadata", "metadata_of",
-    "openai_logprobs", "score_foreign", "unscored_metadata", "with_system_prompt",
+    "openai_logprobs", "score_foreign", "unscored_metadata", "with_system_prompt", "stream_generation",
+    "TOOL_CALL_FORMATS", "InvalidToolCall", "ParsedTurn", "ToolCall", "ToolCallFormat", "ToolChoiceError",
+    "ToolMessageError", "ToolSchemaError", "ToolsUnsupportedError", "format_for", "register_tool_call_format",
+    "REASONING_TAGS", "TOOLS_TASK", "ScoredCall", "ToolMessages", "ToolTurn", "TurnPiece", "generate_turn",
+    "split_reasoning", "stream_turn", "ToolBinding", "ToolChoice", "ToolNames", "ToolSpec", "normalize_tools",
 ]

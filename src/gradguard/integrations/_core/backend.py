@@ -8,15 +8,17 @@ scoring server implements the same :class:`ScoringBackend` protocol.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 from gradguard.embedded import EMBEDDED_MODEL_ID
 from gradguard.integrations._core.errors import IntegrationError
 from gradguard.integrations._core.metadata import metadata_of, openai_logprobs
 from gradguard.integrations._core.options import GenerationOptions
+from gradguard.integrations._core.streaming import StreamPiece, stream_generation
+from gradguard.integrations._core.tool_turn import ToolMessages, ToolTurn, TurnPiece, generate_turn, stream_turn
+from gradguard.integrations._core.tools import ToolBinding
 from gradguard.result import ScoreResult
 from gradguard.scorer import GradScorer
 
@@ -28,16 +30,10 @@ logger = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 
 
-class StreamPiece(NamedTuple):
-    """One piece of a streamed answer: new ``text``, and on the last piece only, the answer's ``result``."""
-
-    text: str
-    result: ScoreResult | None = None
-
-
 @runtime_checkable
 class ScoringBackend(Protocol):
-    """What the integrations need from a model host: generate-and-score, stream, score a given answer."""
+    """What the integrations need from a model host: generate-and-score, stream, score a given answer, and the
+    same for a turn with tools bound."""
 
     @property
     def model_name(self) -> str: ...
@@ -52,6 +48,16 @@ class ScoringBackend(Protocol):
     def score(self, messages: Messages, answer: str, *, task: str | None = None) -> ScoreResult: ...
 
     def logprobs(self, result: ScoreResult) -> dict[str, Any]: ...
+
+    def bind(self, tools: Any, tool_choice: Any = None) -> ToolBinding: ...
+
+    def generate_turn(
+        self, messages: ToolMessages, binding: ToolBinding, options: GenerationOptions, *, reasoning: bool = True
+    ) -> ToolTurn: ...
+
+    def stream_turn(
+        self, messages: ToolMessages, binding: ToolBinding, options: GenerationOptions, *, reasoning: bool = True
+    ) -> Iterator[TurnPiece]: ...
 
 
 def with_system_prompt(messages: Messages, system_prompt: str | None) -> Messages:
@@ -130,89 +136,29 @@ class LocalBackend:
         held back, and only whole tokens that the scored answer keeps are sent, so the pieces
         add up to exactly ``result.response``.
         """
-        scorer = self.scorer
-        tokenizer = scorer.tokenizer
-        feed = _TokenFeed()
-        cancel = threading.Event()
 
-        def work() -> None:
-            try:
-                feed.items.put(("result", self.generate(messages, options, streamer=feed, cancel=cancel)))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
-                feed.items.put(("error", exc))
+        def run(streamer: Any, cancel: threading.Event) -> ScoreResult:
+            return self.generate(messages, options, streamer=streamer, cancel=cancel)
 
-        worker = threading.Thread(target=work, name="gradguard-stream", daemon=True)
-        worker.start()
-        ids: list[int] = []
-        sent = ""
-        try:
-            while True:
-                kind, payload = feed.items.get()
-                if kind == "ids":
-                    ids.extend(payload)
-                    safe = _safe_prefix(tokenizer, ids, options.stop)
-                    if len(safe) > len(sent) and safe.startswith(sent):
-                        yield StreamPiece(safe[len(sent) :])
-                        sent = safe
-                elif kind == "error":
-                    raise payload
-                else:
-                    result: ScoreResult = payload
-                    if not result.response.startswith(sent):
-                        logger.warning("streamed %r is not a prefix of the scored answer %r", sent, result.response)
-                    rest = result.response[len(sent) :] if result.response.startswith(sent) else ""
-                    yield StreamPiece(rest, result)
-                    return
-        finally:
-            cancel.set()  # no-op once generation is over; stops it when the consumer left early
+        return stream_generation(self.scorer.tokenizer, run, options.stop)
 
+    def bind(self, tools: Any, tool_choice: Any = None) -> ToolBinding:
+        """Bind ``tools`` for this model's chat template (loads the model). Raises when the template has no tool
+        support, a tool cannot be rendered, or ``tool_choice`` cannot be enforced."""
+        return ToolBinding.create(self.scorer.tokenizer, tools, tool_choice)
 
-class _TokenFeed:
-    """A transformers streamer that hands generated token ids (not the prompt) to a queue."""
+    def generate_turn(
+        self, messages: ToolMessages, binding: ToolBinding, options: GenerationOptions, *, reasoning: bool = True
+    ) -> ToolTurn:
+        """One assistant turn with ``binding``'s tools: content, checked calls, a score per call (see
+        :func:`~gradguard.integrations._core.tool_turn.generate_turn`)."""
+        return generate_turn(self.scorer, messages, binding, options, reasoning=reasoning)
 
-    def __init__(self) -> None:
-        self.items: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._prompt_seen = False
-
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self.items.put(("ids", [int(v) for v in value.reshape(-1).tolist()]))
-
-    def end(self) -> None:
-        """Generation ended; the result (or error) follows from the worker."""
-
-
-def _safe_prefix(tokenizer: Any, ids: Sequence[int], stop: Sequence[str]) -> str:
-    """The longest decoded prefix of whole tokens that the scored answer is sure to keep.
-
-    Tokens that overlap a stop string (or text that may still grow into one) and a trailing
-    incomplete character are held back, as the scorer drops the tokens from the first one
-    that overlaps a stop string.
-    """
-    text = tokenizer.decode(list(ids), skip_special_tokens=True)
-    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
-    stable = text.rstrip("\ufffd")  # an incomplete character may still complete a stop string
-    limit = min(hits) if hits else len(stable) - _held_back(stable, stop)
-    n = len(ids)
-    while n > 0:
-        prefix = text if n == len(ids) else tokenizer.decode(list(ids[:n]), skip_special_tokens=True)
-        if len(prefix) <= limit and text.startswith(prefix) and not prefix.endswith("\ufffd"):
-            return prefix
-        n -= 1
-    return ""
-
-
-def _held_back(text: str, stop: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that could still grow into a stop string."""
-    best = 0
-    for s in stop:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if s.startswith(text[-n:]):
-                best = n
-                break
-    return best
+    def stream_turn(
+        self, messages: ToolMessages, binding: ToolBinding, options: GenerationOptions, *, reasoning: bool = True
+    ) -> Iterator[TurnPiece]:
+        """Stream one turn with tools (see :func:`~gradguard.integrations._core.tool_turn.stream_turn`)."""
+        return stream_turn(self.scorer, messages, binding, options, reasoning=reasoning)
 
 
 def score_foreign(
