@@ -4,7 +4,8 @@
 (confidence and uncertainties; larger uncertainty = less confident); :class:`GradguardCallbackHandler` /
 :func:`gradguard_callback` score a model you host with ``langchain_huggingface``; :class:`ConfidenceGuardParser`
 raises, abstains or annotates on an unconfident answer; :class:`ConfidenceRouter` accepts, abstains, rejects or
-escalates by a routing policy.
+escalates by a routing policy; :class:`ConfidenceToolGuard` (``pip install 'gradguard[agents]'``) holds an agent's
+low-confidence tool calls for approval, review or rejection.
 """
 
 from __future__ import annotations
@@ -56,4 +57,17 @@ __all__ = [
     "answer_and_result", "chat_model_target", "runnable_target", "human_review_target", "GRADGUARD_KEY",
     "GUARD_KEY", "ROUTE_KEY", "SIGNALS", "GuardConfigError", "GuardSignal", "MissingDependencyError",
     "UnknownOptionError", "is_scored", "read_metadata", "result_for",
+    *(_AGENT_NAMES := (
+        "ConfidenceToolGuard", "ToolGuardState", "ToolRoute", "ToolGuardSettings", "ToolGuardConfigError",
+        "CheckpointerRequiredError", "tool_call_scores", "LowAction", "LOW_ACTIONS",
+    )),
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The agent middleware's names, imported on first use: they need the ``agents`` extra (langchain, langgraph)."""
+    if name in _AGENT_NAMES:
+        from gradguard.integrations.langchain import middleware
+
+        return getattr(middleware, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
