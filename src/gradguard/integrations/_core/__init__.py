@@ -54,6 +54,7 @@ from gradguard.integrations._core.tool_turn import (
     ToolTurn,
     TurnPiece,
     generate_turn,
+    score_turn,
     split_reasoning,
     stream_turn,
 )
@@ -67,5 +68,6 @@ __all__ = [
     "TOOL_CALL_FORMATS", "InvalidToolCall", "ParsedTurn", "ToolCall", "ToolCallFormat", "ToolChoiceError",
     "ToolMessageError", "ToolSchemaError", "ToolsUnsupportedError", "format_for", "register_tool_call_format",
     "REASONING_TAGS", "TOOLS_TASK", "ScoredCall", "ToolMessages", "ToolTurn", "TurnPiece", "generate_turn",
-    "split_reasoning", "stream_turn", "ToolBinding", "ToolChoice", "ToolNames", "ToolSpec", "normalize_tools",
+    "score_turn", "split_reasoning", "stream_turn", "ToolBinding", "ToolChoice", "ToolNames", "ToolSpec",
+    "normalize_tools",
 ]

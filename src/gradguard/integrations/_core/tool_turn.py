@@ -30,6 +30,7 @@ __all__ = [
     "ToolTurn",
     "TurnPiece",
     "generate_turn",
+    "score_turn",
     "stream_turn",
     "split_reasoning",
 ]
@@ -110,11 +111,16 @@ class TurnPiece(NamedTuple):
     turn: ToolTurn | None = None
 
 
+_MAX_IDS = 64
+
+
 class _Planner:
     """The scorer's span callable for one turn: parses the answer once and remembers the parse."""
 
-    def __init__(self, scorer: GradScorer, binding: ToolBinding, reasoning: bool, ids: Sequence[str]) -> None:
-        self.scorer, self.binding, self.reasoning, self.ids = scorer, binding, reasoning, list(ids)
+    def __init__(self, scorer: GradScorer, binding: ToolBinding, reasoning: bool) -> None:
+        self.scorer, self.binding, self.reasoning = scorer, binding, reasoning
+        # The ids of the turn's calls in order, fixed up front: a streamed call and the final parse agree.
+        self.ids = [binding.fmt.new_id() for _ in range(_MAX_IDS)]
         self.parsed = ParsedTurn("")
         self.thinking = ""
 
@@ -172,9 +178,33 @@ def generate_turn(
     ``options.task`` names another. ``reasoning=True`` keeps a ``<think>…</think>`` section out of every
     score and out of the parsed content.
     """
-    planner = _Planner(scorer, binding, reasoning, ())
+    planner = _Planner(scorer, binding, reasoning)
     result = scorer.generate_and_score(
         binding.template_messages(messages), spans=planner, **_turn_kwargs(binding, options)
+    )
+    return planner.turn(result)
+
+
+def score_turn(
+    scorer: GradScorer,
+    messages: ToolMessages,
+    binding: ToolBinding,
+    answer: str,
+    *,
+    task: str | None = None,
+    reasoning: bool = True,
+) -> ToolTurn:
+    """Score a given assistant turn (``answer``: its raw text, prefill included, calls in the template's format) as
+    :func:`generate_turn` scores a generated one: teacher-forced, one score per call."""
+    planner = _Planner(scorer, binding, reasoning)
+    tools = binding.template_tools() or None
+    result = scorer.score(
+        binding.template_messages(messages),
+        answer,
+        task=task or (TOOLS_TASK if tools else None),
+        tools=tools,
+        prefill=binding.prefill,
+        spans=planner,
     )
     return planner.turn(result)
 
@@ -190,9 +220,7 @@ def stream_turn(
     """Stream one turn: content as it is generated (text that may open a call is held back), each call once it is
     complete (with a stable id), and the scored :class:`ToolTurn` on the last piece. Leaving early stops generation
     at the next token; nothing is scored then."""
-    ids: list[str] = []
-    planner = _Planner(scorer, binding, reasoning, ())
-    planner.ids = ids  # shared: calls streamed so far keep their ids in the final parse
+    planner = _Planner(scorer, binding, reasoning)
     template = binding.template_messages(messages)
     kwargs = _turn_kwargs(binding, options)
     prefix_ids = scorer.tokenizer(binding.prefill, add_special_tokens=False)["input_ids"] if binding.prefill else []
@@ -211,10 +239,7 @@ def stream_turn(
         _, offset = split_reasoning(text) if reasoning else ("", 0)
         if reasoning and offset == 0 and REASONING_TAGS[0] in text:
             continue  # still thinking
-        parsed = binding.parse(text[offset:], partial=True, ids=ids)
-        found: list[ToolCall | InvalidToolCall] = [*parsed.calls, *parsed.invalid]
-        seen = sorted(found, key=lambda c: (c.span or (0, 0))[0])
-        ids.extend(c.id for c in seen[len(ids) :])  # the final parse hands out the same ids
+        parsed = binding.parse(text[offset:], partial=True, ids=planner.ids)
         new_calls = parsed.calls[emitted:]
         content = parsed.content if parsed.content.startswith(sent) else sent
         if len(content) > len(sent) or new_calls:
