@@ -127,8 +127,8 @@ class LocalBackend:
         """``result``'s log-probabilities in OpenAI's chat format (alternatives when ``top_logprobs`` was asked)."""
         return openai_logprobs(self.scorer.tokenizer, result.token_ids, result.token_logprobs, result.top_logprobs)
 
-    def stream(self, messages: Messages, options: GenerationOptions) -> Iterator[StreamPiece]:
-        """Stream the answer as it is generated; the last piece carries the score.
+    def stream(self, messages: Messages, options: GenerationOptions, **extra: Any) -> Iterator[StreamPiece]:
+        """Stream the answer as it is generated; the last piece carries the score (``extra``: as in :meth:`generate`).
 
         Generation runs in a worker thread. When the consumer stops iterating (``close()``, a
         ``break``, garbage collection) generation stops at the next token and no scoring is
@@ -138,7 +138,7 @@ class LocalBackend:
         """
 
         def run(streamer: Any, cancel: threading.Event) -> ScoreResult:
-            return self.generate(messages, options, streamer=streamer, cancel=cancel)
+            return self.generate(messages, options, streamer=streamer, cancel=cancel, **extra)
 
         return stream_generation(self.scorer.tokenizer, run, options.stop)
 

@@ -20,7 +20,7 @@ from gradguard.integrations._core.tool_formats import InvalidToolCall, ParsedTur
 from gradguard.integrations._core.tools import ToolBinding
 from gradguard.prompting import token_span
 from gradguard.result import ScoreResult
-from gradguard.scorer import GradScorer, SpanPlan
+from gradguard.scorer import GradScorer, SpanFn, SpanPlan
 
 __all__ = [
     "TOOLS_TASK",
@@ -33,6 +33,7 @@ __all__ = [
     "score_turn",
     "stream_turn",
     "split_reasoning",
+    "reasoning_spans",
 ]
 
 #: OpenAI-style chat messages: role/content, assistant ``tool_calls``, tool messages with ``tool_call_id``.
@@ -54,6 +55,22 @@ def split_reasoning(text: str, tags: tuple[str, str] = REASONING_TAGS) -> tuple[
     start = text.find(opening)
     begin = start + len(opening) if 0 <= start < end else 0
     return text[begin:end].strip(), end + len(closing)
+
+
+def reasoning_spans(tokenizer: Any) -> SpanFn:
+    """The span plan of a plain answer (no tools bound) that keeps a ``<think>…</think>`` section out of its
+    score: the message-level range starts after the section (empty, hence unscored, when nothing follows it).
+    An answer without a closed section gets the default plan, so its score is exactly the one without spans."""
+
+    def plan(answer_ids: list[int]) -> SpanPlan:
+        text = str(tokenizer.decode(answer_ids, skip_special_tokens=True))
+        _, offset = split_reasoning(text)
+        if not offset:
+            return SpanPlan()
+        start = len(answer_ids) if offset >= len(text) else token_span(tokenizer, answer_ids, 0, offset)[1]
+        return SpanPlan(main=(min(start, len(answer_ids)), len(answer_ids)))
+
+    return plan
 
 
 @dataclass(frozen=True)
