@@ -662,7 +662,8 @@ def chat_template_text(tokenizer: Any) -> str | None:
 
 
 def _model_name(tokenizer: Any) -> str:
-    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    name = getattr(tokenizer, "name_or_path", "")
+    return f"model {name!r}" if name else f"this tokenizer ({type(tokenizer).__name__})"
 
 
 def format_for(tokenizer: Any) -> ToolCallFormat:
@@ -676,16 +677,16 @@ def format_for(tokenizer: Any) -> ToolCallFormat:
     fix = ("use a model whose template renders tools (Qwen2.5/3, Llama 3.1+, Mistral, Hermes) or set "
            "tokenizer.chat_template")
     if template is None:
-        raise ToolsUnsupportedError(f"model {model!r} has no chat template, so it has no tool support; {fix}")
+        raise ToolsUnsupportedError(f"{model} has no chat template, so it has no tool support; {fix}")
     if not _reads_tools(template):
         raise ToolsUnsupportedError(
-            f"model {model!r}'s chat template has no tool support (it never reads `tools`); {fix}"
+            f"the chat template of {model} has no tool support (it never reads `tools`); {fix}"
         )
     for fmt in TOOL_CALL_FORMATS:
         if fmt.detect(template):
             return fmt
     raise ToolsUnsupportedError(
-        f"model {model!r}'s chat template reads `tools` but no registered tool-call format recognises it "
+        f"the chat template of {model} reads `tools` but no registered tool-call format recognises it "
         f"(registered: {[f.name for f in TOOL_CALL_FORMATS]}); register one with register_tool_call_format(...) "
         "or pass a format explicitly"
     )
