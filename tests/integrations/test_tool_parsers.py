@@ -706,6 +706,7 @@ def test_template_messages_accepts_langchain_style_calls() -> None:
             {"role": "tool", "tool_call_id": "x", "content": "120"}]
     out = binding.template_messages(msgs)
     assert out[1]["tool_calls"][0]["function"] == {"name": "math_factorial", "arguments": {"n": 5}}
+    assert binding.template_messages([{"role": "assistant", "content": None, "tool_calls": []}])[0]["content"] == ""
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -174,7 +174,7 @@ class ToolNames:
     def __contains__(self, name: object) -> bool:
         return name in self._to_safe
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[str]:
         return iter(self._to_safe)
 
     def __repr__(self) -> str:
@@ -441,6 +441,8 @@ class ToolBinding:
                     elif part.get("content") is None:
                         part["content"] = ""
                     out.append(part)
+            elif role == "assistant" and m.get("content") is None:
+                out.append(dict(m, content=""))
             elif role == "tool":
                 call_id = m.get("tool_call_id")
                 if not isinstance(call_id, str) or call_id not in known:
