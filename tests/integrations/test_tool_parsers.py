@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import json
+import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -352,6 +353,29 @@ def test_mistral_template_ids_are_nine_alphanumerics_and_stable() -> None:
     mapped = MISTRAL.template_id("call_0123456789abcdef")
     assert len(mapped) == 9 and mapped.isalnum() and mapped == MISTRAL.template_id("call_0123456789abcdef")
     assert HERMES.template_id("call_x") == "call_x"
+
+
+FRAGMENTS = [
+    "<tool_call>", "</tool_call>", "<|python_tag|>", "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]", "{", "}", "[", "]", '"',
+    "\\", ":", ",", ";", '"name"', '"arguments"', '"parameters"', '"id"', '"f"', "1", "null", " ", "\n", "text",
+    '{"name": "f", "arguments": {"a": 1}}', "[" * 3000,
+]
+
+
+@pytest.mark.parametrize("fmt", [HERMES, LLAMA, MISTRAL], ids=lambda f: f.name)
+def test_parsers_never_raise_on_garbage(fmt: ToolCallFormat) -> None:
+    rng = random.Random(0)
+    for _ in range(1500):
+        text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(0, 12)))
+        for partial in (False, True):
+            turn = fmt.parse(text, partial=partial)
+            for call in turn.calls:
+                assert 0 <= call.span[0] <= call.span[1] <= len(text) and isinstance(call.arguments, dict)
+
+
+def test_deeply_nested_arguments_are_invalid_not_a_crash() -> None:
+    text = '<tool_call>\n{"name": "f", "arguments": {"a": ' + "[" * 5000 + "]" * 5000 + "}}\n</tool_call>"
+    assert "nested too deeply" in HERMES.parse(text).invalid[0].error
 
 
 # --- openings, registry, detection -------------------------------------------------------------------------

@@ -144,6 +144,8 @@ def _decode_at(text: str, i: int) -> tuple[Any, int]:
         return _DECODER.raw_decode(text, i)
     except json.JSONDecodeError as exc:
         raise _Bad(f"malformed JSON: {exc.msg} at char {exc.pos}") from None
+    except RecursionError:
+        raise _Bad("malformed JSON: nested too deeply") from None
 
 
 def _scan_object(text: str, start: int) -> dict[str, _Member]:
