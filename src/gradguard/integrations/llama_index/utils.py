@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, ClassVar
 
-from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    CompletionResponse,
+    MessageRole,
+    ToolCallBlock,
+)
 from pydantic import BaseModel, ConfigDict, Field
 
 from gradguard.errors import InputError
@@ -22,7 +29,8 @@ from gradguard.routing.signal import SIGNALS, SignalFn
 __all__ = [
     "METADATA_KEY", "GradguardLlamaIndexError", "CapturedScore", "SIGNALS", "Signal", "SignalConfigError",
     "SignalFn", "missing_score_metadata", "attach_metadata", "read_metadata", "read_result", "messages_to_dicts",
-    "capture_scores", "publish_score", "same_answer",
+    "messages_to_tool_dicts", "has_tool_history", "message_tool_calls", "tool_kwargs_dict", "capture_scores",
+    "publish_score", "same_answer",
 ]
 
 
@@ -83,6 +91,84 @@ def messages_to_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     if not out:
         raise InputError("messages is empty; pass at least one user message")
     return out
+
+
+_TOOL_ROLES = (MessageRole.TOOL.value, MessageRole.FUNCTION.value)
+
+
+def _role(message: ChatMessage) -> str:
+    return message.role.value if isinstance(message.role, MessageRole) else str(message.role)
+
+
+def message_tool_calls(message: ChatMessage) -> list[dict[str, Any]]:
+    """The tool calls of an assistant message as OpenAI dicts ``{"id", "type", "function": {"name", "arguments"}}``.
+
+    Read from its ``ToolCallBlock`` blocks (how LlamaIndex 0.14 LLMs, gradguard's included, return calls) or,
+    for messages from older integrations, from ``additional_kwargs["tool_calls"]`` (OpenAI dicts or objects with
+    ``id`` and ``function.name``/``function.arguments``). Arguments stay as given (a dict or a JSON string).
+    """
+    calls: list[dict[str, Any]] = [
+        {"id": b.tool_call_id, "type": "function", "function": {"name": b.tool_name, "arguments": b.tool_kwargs}}
+        for b in message.blocks
+        if isinstance(b, ToolCallBlock)
+    ]
+    if calls:
+        return calls
+    for tc in message.additional_kwargs.get("tool_calls") or []:
+        if isinstance(tc, Mapping):
+            fn: Mapping[str, Any] = tc["function"] if isinstance(tc.get("function"), Mapping) else tc
+            calls.append({"id": tc.get("id"), "type": "function",
+                          "function": {"name": fn.get("name"), "arguments": fn.get("arguments", {})}})
+        else:  # e.g. openai's ChatCompletionMessageToolCall
+            obj = getattr(tc, "function", None)
+            calls.append({"id": getattr(tc, "id", None), "type": "function",
+                          "function": {"name": getattr(obj, "name", None), "arguments": getattr(obj, "arguments", {})}})
+    return calls
+
+
+def has_tool_history(messages: Sequence[ChatMessage]) -> bool:
+    """True when ``messages`` hold a tool (or function) message or an assistant message with tool calls."""
+    return any(_role(m) in _TOOL_ROLES or message_tool_calls(m) for m in messages)
+
+
+def messages_to_tool_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """LlamaIndex chat messages as the OpenAI-style dicts of a turn with tools (see
+    :meth:`~gradguard.integrations._core.ToolBinding.template_messages`): roles as in :func:`messages_to_dicts`,
+    assistant messages with their ``tool_calls`` (:func:`message_tool_calls`), and tool (or function) messages as
+    ``{"role": "tool", "content", "tool_call_id"}`` with the id from ``additional_kwargs["tool_call_id"]``."""
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        role = _role(message)
+        if role in _TOOL_ROLES:
+            extra = message.additional_kwargs
+            tool: dict[str, Any] = {"role": "tool", "content": message.content or "",
+                                    "tool_call_id": extra.get("tool_call_id")}
+            if "name" in extra:
+                tool["name"] = extra["name"]
+            out.append(tool)
+            continue
+        mapped = _ROLE_MAP.get(role)
+        if mapped is None:
+            raise InputError(f"message {i} has role {role!r}, which gradguard cannot render; use system, user, "
+                             "assistant and tool messages")
+        entry: dict[str, Any] = {"role": mapped, "content": message.content or ""}
+        calls = message_tool_calls(message) if mapped == "assistant" else []
+        if calls:
+            entry["tool_calls"] = calls
+        out.append(entry)
+    if not out:
+        raise InputError("messages is empty; pass at least one user message")
+    return out
+
+
+def tool_kwargs_dict(arguments: Any) -> dict[str, Any]:
+    """Tool-call arguments as a dict (a JSON object string is decoded; anything else that is not a dict -> {})."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            return {}
+    return dict(arguments) if isinstance(arguments, Mapping) else {}
 
 
 def same_answer(a: str | None, b: str | None) -> bool:
