@@ -11,10 +11,18 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage  # noqa: E402
+from langchain_core.messages import (  # noqa: E402
+    AIMessage,
+    AIMessageChunk,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from lc_support import tiny_scorer  # noqa: E402
 
 from gradguard import UNCERTAINTY_KEYS, ModelSourceError  # noqa: E402
+from gradguard.integrations._core import ToolMessageError  # noqa: E402
 from gradguard.integrations.langchain import ChatGradguard, ChatInputError, UnknownOptionError, result_for  # noqa: E402
 from gradguard.result import METADATA_KEYS  # noqa: E402
 
@@ -189,12 +197,16 @@ def test_max_tokens_limits_the_answer(chat: ChatGradguard) -> None:
 
 
 def test_bad_input_names_the_value_and_the_fix(chat: ChatGradguard) -> None:
-    with pytest.raises(ChatInputError, match="ToolMessage"):
+    with pytest.raises(ToolMessageError, match="'x', which matches no earlier assistant tool call"):
         chat.invoke([HumanMessage("hi"), ToolMessage("42", tool_call_id="x")])
+    with pytest.raises(ChatInputError, match="FunctionMessage"):
+        chat.invoke([HumanMessage("hi"), FunctionMessage("42", name="f")])
     with pytest.raises(ChatInputError, match="image"):
         chat.invoke([HumanMessage(content=[{"type": "image", "url": "http://x/y.png"}])])
-    with pytest.raises(UnknownOptionError, match="tools"):
-        chat.invoke("hi", tools=[{"name": "f"}])
+    with pytest.raises(UnknownOptionError, match="'functions'.*also takes.*'tools'"):
+        chat.invoke("hi", functions=[{"name": "f"}])
+    with pytest.raises(ChatInputError, match="response_format"):
+        chat.invoke("hi", response_format={"type": "xml"})
     with pytest.raises(ChatInputError, match="max_tokens=0"):
         chat.invoke("hi", max_tokens=0)
     with pytest.raises(ChatInputError, match="top_logprobs=99"):
