@@ -838,3 +838,43 @@ def test_tiny_qwen_template_matches_the_real_one(qwen_tokenizer: Any) -> None:
         assert tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True) == (
             qwen_tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
         )
+
+
+# --- untagged calls (what Qwen2.5-Coder-0.5B often writes) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ('```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Paris"\n  }\n}\n```', ["get_weather"]),
+        ('{"name": "a", "arguments": {"x": 1}}\n{"name": "b", "arguments": {}}', ["a", "b"]),
+        ('[{"name": "a", "arguments": {}}, {"name": "b", "parameters": {"x": 1}}]', ["a", "b"]),
+    ],
+)
+def test_hermes_reads_untagged_calls(text: str, names: list[str]) -> None:
+    from gradguard.integrations._core.tool_formats import HermesFormat
+
+    turn = HermesFormat().parse(text)
+    assert [c.name for c in turn.calls] == names and turn.content == "" and not turn.invalid
+    for call in turn.calls:
+        assert text[call.span[0] :].startswith(call.name) and text[call.span[1] - 1] == "}"
+
+
+@pytest.mark.parametrize(
+    "text", ['{"answer": 3}', "The answer is 3.", "```python\nprint(1)\n```", '{"name": "a", "arguments": {}} and more']
+)
+def test_hermes_leaves_other_json_and_prose_as_content(text: str) -> None:
+    from gradguard.integrations._core.tool_formats import HermesFormat
+
+    turn = HermesFormat().parse(text)
+    assert turn.calls == [] and turn.invalid == [] and turn.content == text
+
+
+def test_hermes_strict_mode_and_streamed_untagged_prefix() -> None:
+    from gradguard.integrations._core.tool_formats import HermesFormat
+
+    strict = HermesFormat()
+    strict.lenient = False
+    assert strict.parse('{"name": "a", "arguments": {}}').calls == []
+    streamed = HermesFormat().parse('```json\n{"name": "a", "argu', partial=True)
+    assert streamed.pending and streamed.content == "" and streamed.calls == []

@@ -350,8 +350,18 @@ class HermesFormat(ToolCallFormat):
             return self.OPEN + "\n"
         return self.OPEN + "\n" + '{"name": ' + json.dumps(name) + ', "arguments": '
 
+    #: Also read a turn that is nothing but call objects without the tags (bare or in a ```json fence), as small
+    #: Qwen models often write them; set False on an instance for strict parsing.
+    lenient: bool = True
+
     def parse(self, text: str, *, partial: bool = False, ids: Sequence[str] = ()) -> ParsedTurn:
-        """Parse ``<tool_call>`` blocks; text outside them is content."""
+        """Parse ``<tool_call>`` blocks; text outside them is content. With :attr:`lenient`, a turn without tags
+        that consists only of ``{"name": ..., "arguments": {...}}`` objects (one after another, or in a JSON
+        list, optionally fenced as ```json) is read as those calls."""
+        if self.lenient and self.OPEN not in text:
+            bare = _bare_calls(self, text, partial, ids)
+            if bare is not None:
+                return bare
         out = _Collector(self, ids)
         pos = 0
         while True:
@@ -389,6 +399,52 @@ class HermesFormat(ToolCallFormat):
                 break
             pos = j + len(self.CLOSE)
         return out.turn()
+
+
+def _bare_calls(fmt: ToolCallFormat, text: str, partial: bool, ids: Sequence[str]) -> ParsedTurn | None:
+    """The turn read as untagged call objects, or None when it is not only that. While streaming (``partial``),
+    a turn that may still become one (it starts with ``{``, ``[`` or a fence and is not finished) is pending."""
+    k = _skip_ws(text, 0)
+    fenced = text.startswith("```", k)
+    if fenced:
+        newline = text.find("\n", k)
+        if newline < 0:
+            return ParsedTurn("", pending=True) if partial else None
+        label = text[k + 3 : newline].strip().lower()
+        if label not in ("", "json"):
+            return None
+        k = _skip_ws(text, newline + 1)
+    if k >= len(text):
+        return ParsedTurn("", pending=True) if partial and (fenced or not text.strip()) and text else None
+    if text[k] not in "{[":
+        return None
+    out = _Collector(fmt, ids)
+    while k < len(text):
+        if fenced and text.startswith("```", k):
+            if text[k + 3 :].strip():
+                return None  # text after the fence
+            break
+        ext = _json_extent(text, k)
+        if ext is None:
+            return ParsedTurn("", pending=True) if partial else None
+        try:
+            items = _scan_array(text[:ext], k) if text[k] == "[" else [_Member(None, k, ext)]
+        except _Bad:
+            return None
+        for item in items:
+            try:
+                members = _scan_object(text[: item.end], item.start) if text[item.start] == "{" else {}
+            except _Bad:
+                return None
+            if "name" not in members or not ({"arguments", "parameters"} & set(members)):
+                return None  # a JSON answer, not a call
+            out.call_from_object(text, item.start, members=members, end=item.end)
+        k = _skip_ws(text, ext)
+        if k < len(text) and text[k] not in "{[`":
+            return None
+    if partial and fenced and not text.rstrip().endswith("```"):
+        return ParsedTurn("", pending=True)
+    return out.turn()
 
 
 class Llama3Format(ToolCallFormat):
