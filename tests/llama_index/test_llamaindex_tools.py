@@ -200,6 +200,13 @@ def test_no_call_raises_only_when_asked_and_gives_the_invalid_reasons(llm: Gradg
         llm.get_tool_calls_from_response(plain)
 
 
+def test_no_tools_is_a_plain_chat(llm: GradguardLLM, scripted: Any) -> None:
+    seen = scripted("Hello.", "Hello.")
+    assert llm.chat_with_tools([], user_msg="hi").message.content == "Hello."  # an agent without tools
+    assert [c.delta for c in llm.stream_chat_with_tools([], user_msg="hi")][-1] is not None
+    assert seen[0]["tools"] is None and seen[0]["task"] is None
+
+
 def test_prepare_chat_with_tools(llm: GradguardLLM) -> None:
     history = [ChatMessage(role="user", content="hi")]
     kwargs = llm._prepare_chat_with_tools([ADD], "1+2?", history, tool_required=True, max_tokens=5)

@@ -32,6 +32,7 @@ from gradguard.integrations._core import (
     GenerationOptions,
     IntegrationError,
     LocalBackend,
+    ToolBinding,
     ToolCall,
     ToolTurn,
     UnknownOptionError,
@@ -166,7 +167,8 @@ class GradguardLLM(FunctionCallingLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
-        """LLM metadata: context window from the model config (unless given), ``is_chat_model=True``."""
+        """LLM metadata: context window from the model config (unless given), ``is_chat_model=True``,
+        ``is_function_calling_model=True``."""
         return LLMMetadata(
             context_window=self.context_window or self._backend.context_window,
             num_output=self.max_new_tokens,
@@ -191,15 +193,17 @@ class GradguardLLM(FunctionCallingLLM):
         return response
 
     def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        if _uses_tools(messages, kwargs):
-            return self._chat_turn(messages, kwargs)
+        tooling = {k: kwargs.pop(k) for k in _TOOL_KWARGS if k in kwargs}
+        if _uses_tools(messages, tooling):
+            return self._chat_turn(messages, kwargs, tooling)
         dicts, options = self._run(messages, kwargs)
         result = self._backend.generate(dicts, options)
         return self._respond(result.response, result)
 
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        if _uses_tools(messages, kwargs):
-            yield from self._stream_turn(messages, kwargs)
+        tooling = {k: kwargs.pop(k) for k in _TOOL_KWARGS if k in kwargs}
+        if _uses_tools(messages, tooling):
+            yield from self._stream_turn(messages, kwargs, tooling)
             return
         dicts, options = self._run(messages, kwargs)
         text = ""
@@ -209,22 +213,27 @@ class GradguardLLM(FunctionCallingLLM):
 
     # Turns with tools bound (or a history with tool calls): the core's generate_turn / stream_turn.
 
-    def _run_turn(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        tools, choice, parallel = (kwargs.pop(k, None) for k in _TOOL_KWARGS)
+    def _run_turn(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any], tooling: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], ToolBinding, GenerationOptions, bool]:
         options = self._defaults.merged(kwargs, owner="GradguardLLM")
         dicts = cast(list[dict[str, Any]], with_system_prompt(
             cast(Messages, messages_to_tool_dicts(messages)), self.system_prompt
         ))
-        binding = self._backend.bind(_openai_tools(tools), choice)
-        return dicts, binding, options, parallel is not False
+        binding = self._backend.bind(_openai_tools(tooling.get("tools")), tooling.get("tool_choice"))
+        return dicts, binding, options, tooling.get("parallel_tool_calls") is not False
 
-    def _chat_turn(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
-        dicts, binding, options, parallel = self._run_turn(messages, kwargs)
+    def _chat_turn(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any], tooling: dict[str, Any]
+    ) -> ChatResponse:
+        dicts, binding, options, parallel = self._run_turn(messages, kwargs, tooling)
         turn = self._backend.generate_turn(dicts, binding, options)
         return self._respond_turn(turn.content, [c.call for c in turn.calls], turn, parallel)
 
-    def _stream_turn(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponseGen:
-        dicts, binding, options, parallel = self._run_turn(messages, kwargs)
+    def _stream_turn(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any], tooling: dict[str, Any]
+    ) -> ChatResponseGen:
+        dicts, binding, options, parallel = self._run_turn(messages, kwargs, tooling)
         text, calls = "", list[ToolCall]()
         for piece in self._backend.stream_turn(dicts, binding, options):
             text += piece.content
