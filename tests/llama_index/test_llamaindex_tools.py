@@ -353,6 +353,17 @@ def test_a_call_without_confidence_is_held(llm: GradguardLLM, scripted_turns: An
     assert _of(events, ToolCallResult)[0].tool_output.content == "3"  # approved=True wins over the text
 
 
+def test_a_declined_call_is_not_asked_about_again(llm: GradguardLLM, scripted_turns: Any) -> None:
+    low = ("math.add", {"a": 1, "b": 2}, 0.2)
+    seen = scripted_turns(llm, _turn("", ("c1", *low)), _turn("", ("c2", *low)), _turn("I could not add."))
+    result, events = asyncio.run(_run(_gated_agent(llm), "1+2?",
+                                      lambda ev: HumanResponseEvent(response="no", tool_id=ev.tool_id)))
+    assert [r.tool_id for r in _of(events, ToolApprovalRequest)] == ["c1"]
+    decisions = _of(events, ToolGateDecision)
+    assert [d.decision for d in decisions] == ["rejected", "rejected"] and "already declined" in decisions[1].reason
+    assert "Do not call it again" in seen[1][-1]["content"] and result.response.content == "I could not add."
+
+
 def test_on_low_reject_never_asks(llm: GradguardLLM, scripted_turns: Any) -> None:
     scripted_turns(llm, _turn("", ("call_1", "math.add", {"a": 1, "b": 2}, 0.1)), _turn("Done."))
     _, events = asyncio.run(_run(_gated_agent(llm, on_low="reject"), "1+2?"))

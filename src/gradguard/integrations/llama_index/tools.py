@@ -29,11 +29,13 @@ from gradguard.integrations.llama_index.utils import GradguardLlamaIndexError, m
 
 __all__ = [
     "ConfidenceGatedTool", "ToolApprovalRequest", "ToolGateDecision", "guard_tools", "call_confidence",
-    "OnLow", "APPROVE_WORDS",
+    "OnLow", "APPROVE_WORDS", "DECLINED_KEY",
 ]
 
 #: What a gated tool does with a low-confidence call: ask a human (``InputRequiredEvent``) or reject it.
 OnLow = Literal["ask", "reject"]
+#: Workflow-store key of the calls a reviewer declined (name and arguments), which are not asked about again.
+DECLINED_KEY = "gradguard_declined_tool_calls"
 #: ``HumanResponseEvent.response`` values (case and surrounding space ignored) that approve a held call.
 APPROVE_WORDS = frozenset({"y", "yes", "approve", "approved", "ok", "allow", "run"})
 
@@ -139,9 +141,11 @@ class ConfidenceGatedTool(FunctionTool):
       :data:`APPROVE_WORDS` (or ``approved=True``) runs the tool, anything else rejects it. ``on_low="reject"``
       rejects at once.
 
-    A rejected call is not run: the model gets an error tool output saying why. Every decision is written to the
-    stream as a :class:`ToolGateDecision`. Called without a workflow ``Context`` (e.g. ``predict_and_call``), a
-    gated tool has no way to read the score or to ask, so it rejects the call.
+    A rejected call is not run: the model gets an error tool output saying why. A call a reviewer declined is
+    remembered in the workflow's store (:data:`DECLINED_KEY`): the same call (name and arguments) again in that
+    context is rejected without asking. Every decision is written to the stream as a :class:`ToolGateDecision`.
+    Called without a workflow ``Context`` (e.g. ``predict_and_call``), a gated tool has no way to read the score
+    or to ask, so it rejects the call.
     """
 
     def __init__(
@@ -197,6 +201,10 @@ class ConfidenceGatedTool(FunctionTool):
         )
         if self.on_low == "reject":
             return self._finish(ctx, tool_id, kwargs, confidence, "rejected", held)
+        key = _synthetic_id(name, kwargs)
+        if key in (await ctx.store.get(DECLINED_KEY, default=None) or ()):
+            reason = f"{held}; a reviewer already declined the same call"
+            return self._finish(ctx, tool_id, kwargs, confidence, "rejected", reason)
         request = ToolApprovalRequest(
             prefix=f"Run {name}({json.dumps(kwargs, default=str)})? The model's call is held: {held}. [yes/no] ",
             tool_id=tool_id, tool_name=name, tool_kwargs=dict(kwargs), confidence=confidence,
@@ -212,6 +220,7 @@ class ConfidenceGatedTool(FunctionTool):
         if self.approve(answer):
             reason = f"{held}; a reviewer approved it"
             return await self._run(ctx, tool_id, args, kwargs, confidence, "approved", reason)
+        await ctx.store.set(DECLINED_KEY, [*(await ctx.store.get(DECLINED_KEY, default=None) or ()), key])
         return self._finish(ctx, tool_id, kwargs, confidence, "rejected", f"{held}; a reviewer declined it")
 
     async def _run(
@@ -231,7 +240,8 @@ class ConfidenceGatedTool(FunctionTool):
         self._record(ctx, tool_id, kwargs, confidence, decision, reason)
         name = self.metadata.get_name()
         return ToolOutput(
-            content=f"The call {name}({json.dumps(kwargs, default=str)}) was not run: {reason}.",
+            content=f"The call {name}({json.dumps(kwargs, default=str)}) was not run: {reason}. Do not call it "
+            "again; tell the user it was not done.",
             tool_name=name, raw_input={"args": (), "kwargs": dict(kwargs)},
             raw_output={"decision": decision, "reason": reason, "confidence": confidence, "tool_id": tool_id},
             is_error=True,
