@@ -382,7 +382,7 @@ def test_deeply_nested_arguments_are_invalid_not_a_crash() -> None:
 
 
 def test_openings() -> None:
-    assert HERMES.opening(None) == "<tool_call>\n"
+    assert HERMES.opening(None) == '<tool_call>\n{"name": "'
     assert HERMES.opening("f") == '<tool_call>\n{"name": "f", "arguments": '
     assert LLAMA.opening("f") == '{"name": "f", "parameters": '
     assert MISTRAL.opening(None) == "[TOOL_CALLS]"

@@ -134,3 +134,20 @@ def test_stream_hands_out_the_calls_of_the_final_turn(scorer: GradScorer, monkey
     assert len(streamed) == 2 and len({c.id for c in streamed}) == 2
     assert "".join(p.content for p in pieces).strip() == final.content
     assert all("<tool_call>" not in p.content and "arguments" not in p.content for p in pieces)
+
+
+def test_required_with_one_tool_opens_that_tool(scorer: GradScorer) -> None:
+    one = _binding(scorer, "required")
+    assert one.prefill == one.fmt.opening("math_add")  # the one tool there is: the model starts at its arguments
+    two = ToolBinding.create(scorer.tokenizer, [ADD, {**ADD, "function": {**ADD["function"], "name": "sub"}}], "any")
+    assert two.prefill == two.fmt.opening(None) and two.prefill.endswith('{"name": "')
+
+
+def test_a_prefilled_name_is_not_in_the_call_span(scorer: GradScorer) -> None:
+    binding = _binding(scorer, "math.add")
+    answer = binding.prefill + '{"a": 1, "b": 2}}\n</tool_call>'
+    turn = score_turn(scorer, QUESTION, binding, answer)
+    [call] = turn.calls
+    assert call.result is not None and call.result.span is not None and turn.result.span is not None
+    assert call.result.span[0] == turn.result.span[0]  # starts after the prefill, at the arguments
+    assert scorer.tokenizer.decode(list(call.result.token_ids[slice(*call.result.span)])).startswith('{"a"')

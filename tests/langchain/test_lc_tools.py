@@ -224,13 +224,13 @@ def test_an_unscored_call_comes_back_with_no_confidence(monkeypatch: pytest.Monk
 
 def test_tool_choice_starts_the_answer_with_the_call(monkeypatch: pytest.MonkeyPatch, chat: ChatGradguard,
                                                      scorer: GradScorer) -> None:
-    asked = script(monkeypatch, scorer, '{"city": "Rome"}}\n</tool_call>', '{"name": "get_weather", '
+    asked = script(monkeypatch, scorer, '{"city": "Rome"}}\n</tool_call>', 'get_weather", '
                    '"arguments": {"city": "Rome"}}\n</tool_call>', "Rome is warm.")
     named = chat.bind_tools([get_weather, ADD], tool_choice="get_weather").invoke("Rome?")
     assert asked.calls[0]["prefill"].startswith("<tool_call>") and "get_weather" in asked.calls[0]["prefill"]
     assert named.tool_calls[0]["name"] == "get_weather" and named.tool_calls[0]["args"] == {"city": "Rome"}
     anyone = chat.bind_tools([get_weather, ADD], tool_choice="any").invoke("Rome?")
-    assert asked.calls[1]["prefill"].startswith("<tool_call>") and anyone.tool_calls[0]["name"] == "get_weather"
+    assert asked.calls[1]["prefill"] == '<tool_call>\n{"name": "' and anyone.tool_calls[0]["name"] == "get_weather"
     chat.bind_tools([get_weather], tool_choice="none").invoke("Rome?")
     assert asked.calls[2]["tools"] is None and asked.calls[2]["prefill"] == ""
 

@@ -345,9 +345,10 @@ class HermesFormat(ToolCallFormat):
         return self.OPEN in chat_template and _reads_tools(chat_template)
 
     def opening(self, name: str | None) -> str:
-        """``<tool_call>\\n`` (any tool) or ``<tool_call>\\n{"name": "NAME", "arguments": `` (that tool)."""
+        """``<tool_call>\\n{"name": "`` (any tool: small models end the turn after a bare ``<tool_call>``) or
+        ``<tool_call>\\n{"name": "NAME", "arguments": `` (that tool)."""
         if name is None:
-            return self.OPEN + "\n"
+            return self.OPEN + '\n{"name": "'
         return self.OPEN + "\n" + '{"name": ' + json.dumps(name) + ', "arguments": '
 
     #: Also read a turn that is nothing but call objects without the tags (bare or in a ```json fence), as small

@@ -154,7 +154,9 @@ class _Planner:
             main_start = len(answer_ids)  # nothing after the reasoning section: nothing to score
         elif offset:
             main_start = max(main_start, token_span(tokenizer, answer_ids, 0, offset)[1])
-        parts = [token_span(tokenizer, answer_ids, offset + a, offset + b) for a, b in (c.span for c in parsed.calls)]
+        spans = [token_span(tokenizer, answer_ids, offset + a, offset + b) for a, b in (c.span for c in parsed.calls)]
+        # A call's name written by a tool_choice prefill is teacher-forced, not scored: its span starts after it.
+        parts = [(max(a, main_start), b) for a, b in spans]
         return SpanPlan(main=(min(main_start, len(answer_ids)), len(answer_ids)), parts=parts)
 
     def turn(self, result: ScoreResult) -> ToolTurn:

@@ -375,6 +375,8 @@ class ToolBinding:
     @property
     def prefill(self) -> str:
         """Text the assistant turn starts with to enforce ``tool_choice`` ("" for auto and none)."""
+        if self.choice.mode == "required" and len(self.specs) == 1:
+            return self.fmt.opening(self.names.safe(self.specs[0].name))  # the one tool there is to call
         if self.choice.mode == "required":
             return self.fmt.opening(None)
         if self.choice.mode == "tool" and self.choice.name is not None:
