@@ -13,7 +13,9 @@ reviewer here is this script, which answers ``yes`` (``--decline``: ``no``) with
 model's calls, each call's confidence and HybridGrad, the gate's decision, the tool results and
 the agent's answer. A 0.5B model does not reliably write a final answer after a tool result, so
 both tools return their result directly (``return_direct=True``); with a larger model, drop that
-and the agent answers in its own words.
+and the agent answers in its own words. After a declined call it tends to make the same call
+again (rejected without asking the reviewer again), so the agent is stopped after
+``--max-iterations`` steps.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from llama_index.core.agent.workflow import AgentOutput, FunctionAgent, ToolCallResult  # noqa: E402
 from llama_index.core.tools import FunctionTool  # noqa: E402
 from llama_index.core.workflow import HumanResponseEvent  # noqa: E402
+from llama_index.core.workflow.errors import WorkflowRuntimeError  # noqa: E402
 
 from gradguard.integrations.llama_index import (  # noqa: E402
     ConfidenceGatedTool,
@@ -58,10 +61,10 @@ def _fmt(value: float | None, spec: str) -> str:
     return "None" if value is None else format(value, spec)
 
 
-async def ask(agent: FunctionAgent, question: str, approve: bool) -> None:
+async def ask(agent: FunctionAgent, question: str, approve: bool, max_iterations: int) -> None:
     """Run the agent on one question, acting as the reviewer of held calls, and print what happened."""
     print(f"Q: {question}")
-    handler = agent.run(user_msg=question)
+    handler = agent.run(user_msg=question, max_iterations=max_iterations)
     async for event in handler.stream_events():
         if isinstance(event, AgentOutput) and event.tool_calls:
             scores = {e["id"]: e for e in event.response.additional_kwargs["gradguard"]["tool_calls"]}
@@ -79,7 +82,11 @@ async def ask(agent: FunctionAgent, question: str, approve: bool) -> None:
             print(f"  gate      {event.decision}")
         elif isinstance(event, ToolCallResult):
             print(f"  result    {event.tool_output.content}")
-    result: Any = await handler
+    try:
+        result: Any = await handler
+    except WorkflowRuntimeError as exc:  # the model kept calling tools
+        print(f"  stopped   {str(exc).split('!')[0]}\n")
+        return
     print(f"  answer    {result.response.content}\n")
 
 
@@ -87,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decline", action="store_true", help="the reviewer declines held calls")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-iterations", type=int, default=3, help="agent steps before it is stopped")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -98,7 +106,7 @@ def main() -> None:
     agent = FunctionAgent(tools=tools, llm=llm, system_prompt="Use the tools to help the user.")
     print(f"model: {llm.metadata.model_name}   book_table needs confidence >= {THRESHOLD}\n")
     for question in QUESTIONS:
-        asyncio.run(ask(agent, question, approve=not args.decline))
+        asyncio.run(ask(agent, question, approve=not args.decline, max_iterations=args.max_iterations))
     print(f"total time: {time.perf_counter() - start:.1f} s")
 
 
