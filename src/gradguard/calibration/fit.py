@@ -51,7 +51,15 @@ from gradguard.tasks import Task
 for _module in ("sklearn", "scipy.stats"):
     require(_module, "calibrate", "fitting a calibration")
 
-__all__ = ["ABLATION", "SHIPPED", "FitReport", "fit_data_from_records", "fit_task_calibration", "paired_gain"]
+__all__ = [
+    "ABLATION",
+    "SHIPPED",
+    "FitReport",
+    "fit_calibration",
+    "fit_data_from_records",
+    "fit_task_calibration",
+    "paired_gain",
+]
 
 #: The feature sets of the ablation, in report order; the last one is shipped.
 ABLATION: tuple[FeatureSet, ...] = (
@@ -169,9 +177,50 @@ def fit_task_calibration(
     on_step: Callable[[str], None] | None = None,
 ) -> FitReport:
     """Fit, cross-validate and describe the calibration of ``task`` on its answers (see the module docstring)."""
-    step = on_step or (lambda _msg: None)
     source = Path(data_path).name
     data, n_unscored = fit_data_from_records(records, task, source=source)
+    scored = next(rec.result for rec in records if rec.result is not None)
+    return fit_calibration(
+        data,
+        task,
+        n_questions=len(records),
+        n_unscored=n_unscored,
+        spt_offset=scored.spt_offset,
+        layer_span=(int(scored.layer_span[0]), int(scored.layer_span[1])),
+        data_file=source,
+        data_sha256=data_sha256,
+        max_new_tokens=max_new_tokens,
+        folds=folds,
+        seed=seed,
+        n_boot=n_boot,
+        feature_sets=feature_sets,
+        on_step=on_step,
+    )
+
+
+def fit_calibration(
+    data: FitData,
+    task: Task,
+    *,
+    n_questions: int,
+    n_unscored: int,
+    spt_offset: int,
+    layer_span: tuple[int, int],
+    data_file: str,
+    data_sha256: str | None,
+    max_new_tokens: int,
+    folds: int = 5,
+    seed: int = 0,
+    n_boot: int = 1000,
+    feature_sets: Sequence[FeatureSet] = ABLATION,
+    on_step: Callable[[str], None] | None = None,
+) -> FitReport:
+    """Fit, cross-validate and describe a calibration of ``task`` on prepared :class:`FitData`.
+
+    ``data`` holds one row per labelled, scored unit (an answer; for the ``tools`` task, a call);
+    ``n_questions`` and ``n_unscored`` describe the data it came from (``data_file``, ``data_sha256``).
+    """
+    step = on_step or (lambda _msg: None)
     probes = data.H is not None
     sets = [fs if probes else FeatureSet(fs.name, fs.features, False) for fs in feature_sets]
     sets = [fs for fs in sets if fs.features or fs.probes]
@@ -201,17 +250,15 @@ def fit_task_calibration(
         for s in SCORES
         if s.uncertainty
     }
-    scored = next(rec.result for rec in records if rec.result is not None)
-    spt_offset, layer_span = scored.spt_offset, tuple(scored.layer_span)
     chosen_by_fold = "; ".join(c.describe() for c in shipped.chosen)
     cal = TaskCalibration(
         task=task,
         calibrator=calibrator,
         domain=domain,
         data=CalibrationData(
-            file=source,
+            file=data_file,
             sha256=data_sha256,
-            n_questions=len(records),
+            n_questions=n_questions,
             judge=task.judge,
             max_new_tokens=max_new_tokens,
             spt_offset=spt_offset,

@@ -32,7 +32,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,7 +49,9 @@ __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
     "CacheWarning",
     "HarnessSettings",
+    "KeyedRecord",
     "CachedRecord",
+    "RecordCache",
     "ResultCache",
     "ScorerLike",
     "generation_key",
@@ -93,13 +95,23 @@ class HarnessSettings(BaseModel):
     layer_span: tuple[int, int]
 
 
-class CachedRecord(BaseModel):
-    """One question's cached outcome: the scored answer, or the error that prevented scoring."""
+class KeyedRecord(BaseModel):
+    """A cache line: the keys of what generated it (``gen_key``) and of what scored it (``score_key``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     gen_key: str
     score_key: str
+
+    @property
+    def has_answer(self) -> bool:
+        """True when the record holds an answer that can be re-scored (indexed by its generation key)."""
+        return True
+
+
+class CachedRecord(KeyedRecord):
+    """One question's cached outcome: the scored answer, or the error that prevented scoring."""
+
     index: int
     query: str
     answers: tuple[str, ...]
@@ -124,6 +136,11 @@ class CachedRecord(BaseModel):
         if arr is None:
             return None
         return HiddenStates(layers=self.hidden_layers, states={p: arr[i] for i, p in enumerate(HIDDEN_POSITIONS)})
+
+    @property
+    def has_answer(self) -> bool:
+        """True when the answer was scored (its tokens can be re-scored)."""
+        return self.result is not None
 
 
 def encode_hidden(hidden: HiddenStates) -> tuple[str, int]:
@@ -164,14 +181,18 @@ def scoring_key(gen_key: str, settings: HarnessSettings) -> str:
     )
 
 
-class ResultCache:
-    """An append-only JSONL cache of :class:`CachedRecord` in ``folder/records.jsonl``."""
+R = TypeVar("R", bound=KeyedRecord)
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+
+class RecordCache(Generic[R]):
+    """An append-only JSONL cache of ``record_type`` records in ``folder/filename``, by scoring and generation key."""
+
+    def __init__(self, folder: str | os.PathLike[str], record_type: type[R], filename: str) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / CACHE_FILE
-        self.by_score: dict[str, CachedRecord] = {}
-        self.by_gen: dict[str, CachedRecord] = {}
+        self.path = self.folder / filename
+        self.record_type = record_type
+        self.by_score: dict[str, R] = {}
+        self.by_gen: dict[str, R] = {}
         self._load()
 
     def _load(self) -> None:
@@ -191,20 +212,20 @@ class ResultCache:
             if not line.strip():
                 continue
             try:
-                rec = CachedRecord.model_validate_json(line)
+                rec = self.record_type.model_validate_json(line)
             except ValueError as exc:
                 warnings.warn(
                     f"{self.path}:{lineno}: unreadable cache line ignored ({exc})", CacheWarning, stacklevel=3
                 )
                 continue
             self.by_score[rec.score_key] = rec
-            if rec.result is not None:
+            if rec.has_answer:
                 self.by_gen.setdefault(rec.gen_key, rec)
 
     def __len__(self) -> int:
         return len(self.by_score)
 
-    def add(self, record: CachedRecord) -> None:
+    def add(self, record: R) -> None:
         """Append ``record`` and make it durable before returning."""
         self.folder.mkdir(parents=True, exist_ok=True)
         line = record.model_dump_json() + "\n"
@@ -213,8 +234,15 @@ class ResultCache:
             fh.flush()
             os.fsync(fh.fileno())
         self.by_score[record.score_key] = record
-        if record.result is not None:
+        if record.has_answer:
             self.by_gen.setdefault(record.gen_key, record)
+
+
+class ResultCache(RecordCache[CachedRecord]):
+    """The QA harness's cache: :class:`CachedRecord` lines in ``folder/records.jsonl``."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        super().__init__(folder, CachedRecord, CACHE_FILE)
 
 
 def run_harness(
