@@ -244,3 +244,367 @@ def test_load_tool_items_rejects_duplicate_ids_and_missing_truth(tmp_path: Path)
         load_tool_items(_write(tmp_path / "e.jsonl", [row]))
     with pytest.raises(DataFormatError, match="does not exist"):
         load_tool_items(tmp_path / "missing.jsonl")
+
+
+# ------------------------------------------------------------------------------------ lenient json format
+
+
+@pytest.mark.parametrize(
+    ("text", "calls", "n_invalid", "content"),
+    [
+        ('```json\n{\n  "name": "f",\n  "arguments": {"a": 1}\n}\n```', [("f", {"a": 1})], 0, ""),
+        ('{"name": "f", "arguments": {"a": 1}}', [("f", {"a": 1})], 0, ""),
+        ('Sure:\n```json\n{"name": "f", "arguments": {}}\n```\nDone.', [("f", {})], 0, "Sure:\n\nDone."),
+        ('```json\n[{"name": "f", "arguments": {}}, {"name": "g", "parameters": {"x": 1}}]\n```',
+         [("f", {}), ("g", {"x": 1})], 0, ""),
+        ('```json\n{"name": "f", "arguments": {"a": \n```', [], 1, ""),
+        ("The answer is 5.", [], 0, "The answer is 5."),
+        ('```json\n{"a": 1}\n```', [], 0, '```json\n{"a": 1}\n```'),
+        ('<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>', [("f", {})], 0, ""),
+    ],
+)  # fmt: skip
+def test_hermes_json_reads_calls_written_as_json(
+    text: str, calls: list[tuple[str, dict[str, Any]]], n_invalid: int, content: str
+) -> None:
+    from gradguard.evaluation.tool_calls import json_call_format, resolve_tool_format
+
+    fmt = json_call_format()
+    assert fmt.name == "hermes-json" and resolve_tool_format("hermes-json").name == "hermes-json"
+    assert resolve_tool_format("auto") is None and resolve_tool_format("hermes").name == "hermes"
+    turn = fmt.parse(text)
+    assert [(c.name, c.arguments) for c in turn.calls] == calls
+    assert len(turn.invalid) == n_invalid and turn.content == content
+    for call in turn.calls:  # spans run from the name's first character to the end of the arguments
+        assert text[call.span[0] :].startswith(call.name) and text[call.span[1] - 1] == "}"
+
+
+# ------------------------------------------------------------------------------- harness on a tiny model
+
+CALL = '<tool_call>\n{{"name": "geo_area", "arguments": {{"base": {base}, "height": 5}}}}\n</tool_call>'
+#: A short tool: the tiny models' character-level tokenizer has a 1024-token context.
+SMALL = _tool("geo.area", {"base": {"type": "integer"}, "height": {"type": "number"}}, ["base", "height"])
+SMALL_TRUTH = {"geo.area": {"base": [10], "height": [5.0]}}
+
+
+class Scripted:
+    """A GradScorer whose "generation" is a scripted answer per question, scored for real (tools, spans)."""
+
+    def __init__(self, inner: Any, answers: dict[str, str]) -> None:
+        self.__dict__["inner"] = inner
+        self.__dict__["answers"] = answers
+        self.__dict__["generated"] = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.inner, name, value)
+
+    def generate_and_score(self, messages: Any, *, max_new_tokens: int, **kw: Any) -> Any:
+        self.__dict__["generated"] += 1
+        result = self.inner.score(messages, self.answers[messages[-1]["content"]], **kw)
+        return result.model_copy(update={"timings": result.timings.model_copy(update={"generate_s": 2.0})})
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Any:
+    """The tiny profiles have no calibration for the scorer's task (one ProfileWarning each): not tested here."""
+    import warnings
+
+    from gradguard.profiles import ProfileWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProfileWarning)
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    from gradguard import GradScorer
+    from gradguard.testing import make_tiny_model
+
+    model, tok = make_tiny_model("qwen2")
+    return GradScorer(model, tok, model_name="tiny-qwen2")
+
+
+def test_harness_scores_each_call_on_its_own_span_and_caches(tiny: Any, tmp_path: Path) -> None:
+    from gradguard.evaluation.tool_calls import judge_tool_records, run_tool_harness
+
+    items = [
+        _item([SMALL_TRUTH], [SMALL], ident="a"),
+        _item([], [SMALL], ident="b"),
+        _item([SMALL_TRUTH], [SMALL], ident="c"),
+    ]
+    items = [ToolItem(**{**it.__dict__, "index": i, "messages": ({"role": "user", "content": it.id},)})
+             for i, it in enumerate(items)]  # fmt: skip
+    answers = {
+        "a": CALL.format(base=10) + "\n" + CALL.format(base=3),
+        "b": "No tool fits that.",
+        "c": '<tool_call>\n{"name": "geo_area", "arguments": {"base": 10, "height": 5,}}\n</tool_call>',
+    }
+    scorer = Scripted(tiny, answers)
+    records = run_tool_harness(scorer, items, cache_dir=tmp_path, hidden_layers=(2,), progress=False)
+    a, b, c = records
+    assert [call.name for call in a.calls] == ["geo.area", "geo.area"]  # safe names mapped back
+    for call in a.calls:
+        assert call.result is not None and call.result.span == call.token_span
+        assert call.result.n_scored_tokens == call.token_span[1] - call.token_span[0]
+        assert call.hidden_layers == (2,) and call.hidden_array() is not None
+        assert call.live_result().hidden is not None
+        text = a.result.response
+        assert text[call.char_span[0] :].startswith("geo_area") and text[call.char_span[1] - 1] == "}"
+    assert a.result.parts == () and a.result.timings.generate_s == 2.0
+    assert b.calls == () and b.content == "No tool fits that."
+    assert len(c.calls) == 1 and not c.calls[0].valid and c.calls[0].error
+    outcomes = judge_tool_records(items, records)
+    assert [[k.valid for k in o.checks] for o in outcomes] == [[True, False], [], [False]]
+    assert [o.correct for o in outcomes] == [False, True, False]
+    # a second run reads everything from the cache
+    again = run_tool_harness(Scripted(tiny, answers), items, cache_dir=tmp_path, hidden_layers=(2,), progress=False)
+    assert [r.score_key for r in again] == [r.score_key for r in records]
+    # another parser re-scores the cached answers (no generation) and keys them apart
+    fresh = Scripted(tiny, answers)
+    other = run_tool_harness(fresh, items, cache_dir=tmp_path, tool_format="hermes-json", progress=False)
+    assert fresh.generated == 0 and other[0].score_key != records[0].score_key
+    assert [len(r.calls) for r in other] == [2, 0, 1]
+
+
+def test_a_binding_error_is_recorded_not_raised(tiny: Any, tmp_path: Path) -> None:
+    from gradguard.evaluation.tool_calls import run_tool_harness
+    from gradguard.integrations._core.tools import ToolSchemaError
+
+    def broken(tools: Any) -> Any:
+        raise ToolSchemaError("tool 'geo.area': cannot render")
+
+    (rec,) = run_tool_harness(tiny, [_item([])], cache_dir=tmp_path, binding_factory=broken, progress=False)
+    assert rec.result is None and "cannot render" in (rec.error or "")
+
+
+# --------------------------------------------------------------------------------- metrics and fitting
+
+
+def _record(item: ToolItem, calls: list[tuple[dict[str, Any], float]], *, text: str = "x") -> Any:
+    """A ToolRecord with hand-built results: each call ``(arguments, hybridgrad)``."""
+    from gradguard.evaluation.tool_calls import CallRecord, ToolRecord
+    from gradguard.result import Timings
+    from gradguard.testing.results import make_score_result
+
+    timings = Timings(generate_s=2.0, score_s=1.0)
+    return ToolRecord(
+        gen_key=item.id,
+        score_key=item.id,
+        index=item.index,
+        item_id=item.id,
+        irrelevant=item.irrelevant,
+        group=item.group,
+        result=make_score_result(response=text, timings=timings),
+        calls=tuple(
+            CallRecord(
+                id=f"c{j}",
+                name="geo.area",
+                arguments=args,
+                valid=True,
+                result=make_score_result(
+                    hybridgrad=g,
+                    mean_nll=g,
+                    g_nll=g * 3,
+                    timings=timings,
+                    token_ids=(1, 2),
+                    token_logprobs=(-g, -2 * g),
+                    token_entropies=(g, 1.5 * g),
+                ),
+            )
+            for j, (args, g) in enumerate(calls)
+        ),
+    )
+
+
+def _synthetic(n: int = 60, seed: int = 0) -> list[Any]:
+    """Outcomes where a right call has a low HybridGrad (a perfect signal) and irrelevant items alternate."""
+    import numpy as np
+
+    from gradguard.evaluation.tool_calls import judge_tool_records
+
+    rng = np.random.default_rng(seed)
+    items, records = [], []
+    for i in range(n):
+        relevant = i % 3 != 2
+        item = ToolItem(**{**_item([AREA_TRUTH] if relevant else [], ident=f"q{i}").__dict__, "index": i})
+        right = bool(rng.random() < 0.5)
+        if relevant:
+            calls = [({"base": 10 if right else 11, "height": 5}, float(rng.uniform(0.01, 0.1) + (0 if right else 1)))]
+        else:
+            calls = [] if i % 2 else [({"base": 1, "height": 1}, float(rng.uniform(1.0, 2.0)))]
+        items.append(item)
+        records.append(_record(item, calls))
+    return judge_tool_records(items, records)
+
+
+def test_evaluate_tools_reports_accuracy_no_call_rate_and_per_call_auroc() -> None:
+    from gradguard.evaluation.tool_calls import evaluate_tools, format_tools_table
+
+    outcomes = _synthetic()
+    summary = evaluate_tools(outcomes, n_boot=50)
+    relevant = [o for o in outcomes if not o.item.irrelevant]
+    irrelevant = [o for o in outcomes if o.item.irrelevant]
+    assert summary.n_relevant == len(relevant) and summary.n_irrelevant == len(irrelevant)
+    assert summary.call_accuracy == pytest.approx(sum(o.correct for o in relevant) / len(relevant))
+    assert summary.no_call_rate == pytest.approx(sum(not o.made_call for o in irrelevant) / len(irrelevant))
+    assert summary.n_calls == sum(len(o.record.calls) for o in outcomes)
+    hybrid = next(m for m in summary.per_call if m.method == "hybridgrad")
+    assert hybrid.auroc == pytest.approx(1.0) and hybrid.auroc_ci[0] <= 1.0
+    assert summary.score_over_generate == pytest.approx(0.5) and summary.score_over_generate_per_call == 0.5
+    assert summary.errors_by_type  # the wrong calls' reasons are counted
+    table = format_tools_table(summary)
+    assert "call accuracy" in table and "no-call rate on irrelevant questions" in table and "HybridGrad" in table
+
+
+def test_per_call_calibration_fits_with_folds_by_item_and_is_cross_fitted_on_its_data(tmp_path: Path) -> None:
+    from gradguard.calibration.fit import fit_calibration
+    from gradguard.evaluation.tool_calls import (
+        calibrated_call_confidences,
+        call_rows,
+        tool_fit_data,
+        write_tools_report,
+    )
+    from gradguard.tasks import builtin_task
+
+    outcomes = _synthetic(60)
+    data, n_unscored = tool_fit_data(outcomes)
+    rows = call_rows(outcomes)
+    assert n_unscored == 0 and data.y.size == len(rows) and data.H is None
+    assert len(set(data.groups.tolist())) == data.y.size  # one call per item here: one group each
+    report = fit_calibration(
+        data, builtin_task("tools"), n_questions=len(outcomes), n_unscored=0, spt_offset=-3, layer_span=(2, 4),
+        data_file="a.jsonl+b.jsonl", data_sha256="abc", max_new_tokens=128, folds=3, n_boot=20,
+    )  # fmt: skip
+    cal = report.calibration
+    assert cal.task.name == "tools" and cal.data.judge == "bfcl" and cal.cv.auroc is not None and cal.cv.auroc > 0.9
+    conf, note = calibrated_call_confidences(rows, cal, data_sha256="abc") or (None, "")
+    assert "cross-fitted" in note and conf is not None
+    conf2, note2 = calibrated_call_confidences(rows, cal, data_sha256="other") or (None, "")
+    assert "cross-fitted" not in note2
+    summary, paths = write_tools_report(outcomes, tmp_path, calibration=cal, data_sha256="abc", n_boot=20)
+    assert summary.per_call[-1].method == "confidence"
+    assert {"results", "table", "summary", "plot"} <= set(paths)
+    first = json.loads(paths["results"].read_text().splitlines()[0])
+    assert {"calls", "correct", "ground_truth", "scores"} <= set(first)
+    assert first["calls"][0]["confidence"] is not None
+
+
+def test_fit_data_needs_both_outcomes() -> None:
+    from gradguard.calibration.probe_fit import CalibrationError
+    from gradguard.evaluation.tool_calls import judge_tool_records, tool_fit_data
+
+    items = [ToolItem(**{**_item([AREA_TRUTH], ident=f"q{i}").__dict__, "index": i}) for i in range(4)]
+    records = [_record(it, [({"base": 10, "height": 5}, 0.1)]) for it in items]
+    with pytest.raises(CalibrationError, match="all 4 scored tool calls are right"):
+        tool_fit_data(judge_tool_records(items, records))
+    with pytest.raises(CalibrationError, match="made a scored tool call"):
+        tool_fit_data(judge_tool_records(items, [_record(it, []) for it in items]))
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny model folder, its profile and two BFCL-format files (relevant, irrelevant)."""
+    from gradguard.profiles.io import save_profile
+    from gradguard.testing import make_tiny_model, make_tiny_profile
+
+    tmp = tmp_path_factory.mktemp("tools-cli")
+    model, tok = make_tiny_model("qwen2")
+    model.save_pretrained(tmp / "model")
+    tok.save_pretrained(tmp / "model")
+    save_profile(make_tiny_profile(tok, model_id=None), tmp / "profile.json")
+    rows = [_row(f"s{i}", [SMALL_TRUTH]) for i in range(16)] + [_row(f"i{i}", []) for i in range(4)]
+    for row in rows:
+        row["tools"] = [SMALL]
+    simple = _write(tmp / "simple.jsonl", rows[:16])
+    irrelevant = _write(tmp / "irrelevance.jsonl", rows[16:])
+    return {"tmp": tmp, "model": tmp / "model", "profile": tmp / "profile.json", "simple": simple, "irr": irrelevant}
+
+
+@pytest.fixture()
+def scripted_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GradScorer.generate_and_score answers question sN with a right call for even N, a wrong one for odd N,
+    and irrelevant question iN with a call for odd N; each answer is scored for real."""
+    from gradguard.scorer import GradScorer
+
+    def answer(question: str) -> str:
+        ident = question.split()[-1]
+        n = int(ident[1:])
+        if ident.startswith("s"):
+            return CALL.format(base=10 if n % 2 == 0 else 11)
+        return CALL.format(base=1) if n % 2 else "None of the tools fits."
+
+    def fake(self: Any, messages: Any, *, max_new_tokens: int = 256, **kw: Any) -> Any:
+        kw = {k: v for k, v in kw.items() if k in ("tools", "prefill", "spans", "task")}
+        result = self.score(messages, answer(messages[-1]["content"]), **kw)
+        return result.model_copy(update={"timings": result.timings.model_copy(update={"generate_s": 1.0})})
+
+    monkeypatch.setattr(GradScorer, "generate_and_score", fake)
+
+
+@pytest.fixture()
+def quick_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer bootstrap resamples: the figures do not matter here, the flow and the written profile do."""
+    from gradguard.calibration import fit
+    from gradguard.evaluation import tool_calls
+
+    real_fit, real_eval = fit.fit_calibration, tool_calls.evaluate_tools
+    monkeypatch.setattr(fit, "fit_calibration", lambda *a, **k: real_fit(*a, **{**k, "n_boot": 20}))
+    monkeypatch.setattr(tool_calls, "evaluate_tools", lambda *a, **k: real_eval(*a, **{**k, "n_boot": 20}))
+
+
+def _cli(setup: dict[str, Path], command: str, *extra: str) -> list[str]:
+    return [
+        command, "--task", "tools", "--model", str(setup["model"]), "--profile", str(setup["profile"]),
+        "--data", str(setup["simple"]), "--data", str(setup["irr"]), "--no-progress", "--max-new-tokens", "32",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_eval_and_calibrate_task_tools(
+    cli_setup: dict[str, Path], scripted_generation: None, quick_figures: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gradguard.calibration.cli import main as calibrate_main
+    from gradguard.evaluation.cli import main as eval_main
+    from gradguard.profiles import load_profile
+
+    tmp = cli_setup["tmp"]
+    cache = tmp / "cache"
+    prof = tmp / "tools-profile.json"
+    args = _cli(cli_setup, "calibrate", "--cache", str(cache), "--out", str(prof), "--folds", "2",
+                "--hidden-layers", "3")  # fmt: skip
+    assert calibrate_main(args) == 0
+    out = capsys.readouterr().out
+    assert "folds grouped by item id" in out and "call accuracy" in out
+    cal = load_profile(prof).calibrations["tools"]
+    assert cal.n == 16 + 2 and cal.n_correct == 8 and cal.data.file == "simple.jsonl+irrelevance.jsonl"
+    assert "per call" in cal.data.note and cal.task.judge == "bfcl"
+    # eval reads the same cache: with the original profile there is no per-call confidence ...
+    args = _cli(cli_setup, "eval", "--out", str(tmp / "eval"), "--cache", str(cache), "--boot", "20")
+    assert eval_main(args) == 0
+    out = capsys.readouterr().out
+    assert "call accuracy (relevant questions answered with exactly the right calls): 50.0%" in out
+    assert "no-call rate on irrelevant questions: 50.0%" in out
+    assert "no per-call confidence" in out
+    summary = json.loads((tmp / "eval" / "summary.json").read_text())
+    assert summary["n_calls"] == 16 + 2 and summary["n_calls_correct"] == 8
+    # ... and with the calibrated one a cross-fitted confidence (the calibration's own out-of-fold values)
+    args[args.index("--profile") + 1] = str(prof)
+    assert eval_main(args) == 0
+    assert "cross-fitted" in capsys.readouterr().out
+
+
+def test_only_the_tools_task_reads_several_files(
+    cli_setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gradguard.evaluation.cli import main as eval_main
+
+    args = _cli(cli_setup, "eval", "--out", str(cli_setup["tmp"] / "x"))
+    args[args.index("tools")] = "closed-qa"
+    assert eval_main(args) == 2
+    assert "only --task tools reads several files" in capsys.readouterr().err

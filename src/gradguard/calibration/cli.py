@@ -16,7 +16,14 @@ from typing import Any
 from gradguard.errors import InputError
 from gradguard.scores import SCORE_LABELS
 
-__all__ = ["register", "main", "add_generation_arguments", "default_probe_layers", "resolve_task"]
+__all__ = [
+    "register",
+    "main",
+    "add_generation_arguments",
+    "default_probe_layers",
+    "resolve_task",
+    "single_data_file",
+]
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,13 +32,15 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         required=True,
-        help="QA JSONL: 'query' (or 'question') and 'answers' per line; optional 'context', 'is_impossible', 'title'",
+        action="append",
+        help="QA JSONL: 'query' (or 'question') and 'answers' per line; optional 'context', 'is_impossible', 'title'. "
+        "--task tools reads BFCL-format JSONL and takes --data more than once",
     )
     p.add_argument(
         "--task",
         default="closed-qa",
-        help="how questions are asked and judged: closed-qa, rag, chat, or your own with --prompt-template "
-        "(default closed-qa)",
+        help="how questions are asked and judged: closed-qa, rag, chat, tools (tool calls, per call), or your own "
+        "with --prompt-template (default closed-qa)",
     )
     p.add_argument(
         "--prompt-template",
@@ -47,6 +56,20 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's")
     p.add_argument("--device", default=None, help="run the model on this torch device (e.g. cuda); default CPU")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--tool-format",
+        default="auto",
+        help="--task tools: the tool-call parser (auto = detected from the chat template; hermes-json also reads "
+        "calls written as bare or fenced JSON, as small Qwen models write them)",
+    )
+
+
+def single_data_file(args: argparse.Namespace) -> None:
+    """Reduce ``args.data`` to its one file; only ``--task tools`` reads several (:class:`InputError` otherwise)."""
+    if isinstance(args.data, list):
+        if len(args.data) != 1:
+            raise InputError(f"--data was given {len(args.data)} times; only --task tools reads several files")
+        args.data = args.data[0]
 
 
 def default_probe_layers(num_layers: int) -> tuple[int, ...]:
@@ -80,6 +103,11 @@ def _ci(ci: Sequence[float] | None) -> str:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.task == "tools":
+        from gradguard.evaluation.tool_calls import cmd_calibrate_tools
+
+        return cmd_calibrate_tools(args)
+    single_data_file(args)
     from tqdm.auto import tqdm
 
     from gradguard.calibration.fit import fit_task_calibration

@@ -13,7 +13,13 @@ __all__ = ["register", "main"]
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from gradguard.calibration.cli import resolve_task
+    if args.task == "tools":
+        from gradguard.evaluation.tool_calls import cmd_eval_tools
+
+        return cmd_eval_tools(args)
+    from gradguard.calibration.cli import resolve_task, single_data_file
+
+    single_data_file(args)
     from gradguard.calibration.harness import make_scorer, run_harness
     from gradguard.calibration.model import required_layers
     from gradguard.data import file_sha256, load_qa
