@@ -608,3 +608,15 @@ def test_only_the_tools_task_reads_several_files(
     args[args.index("tools")] = "closed-qa"
     assert eval_main(args) == 2
     assert "only --task tools reads several files" in capsys.readouterr().err
+
+
+def test_tools_is_a_built_in_task_of_the_scorer() -> None:
+    from gradguard import GradScorer
+    from gradguard.tasks import builtin_task
+    from gradguard.testing import make_tiny_model
+
+    model, tok = make_tiny_model("qwen2")
+    scorer = GradScorer(model, tok, model_name="tiny-qwen2", task="tools")
+    assert scorer.task == "tools" and scorer.calibration_for() is None  # built in, not calibrated in this profile
+    task = builtin_task("tools")
+    assert task.judge == "bfcl" and task.tool_calls and task.max_new_tokens >= 64
