@@ -478,7 +478,8 @@ class ConfidenceToolGuard(HumanInTheLoopMiddleware[ToolGuardState, Any, Any]):
             )
         value = entry.get("confidence")
         if value is None:
-            return _Assessment(True, f"the call was not scored (confidence None); {held}", None)
+            why = "it has no calibrated confidence" if entry.get("scored") else "the call was not scored"
+            return _Assessment(True, f"{why} (confidence None); {held}", None)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
             return _Assessment(True, f"its confidence {value!r} is not a probability in [0, 1]; {held}", None)
         confidence = float(value)
