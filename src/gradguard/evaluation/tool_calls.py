@@ -26,6 +26,15 @@ matching a different ground-truth call, and no malformed call. An answer to an i
 when it makes no call at all (a malformed attempt counts as a call). **Per call**, a call is right when it
 matches a ground-truth call no earlier call of the answer matched; every call on an irrelevant question, and
 every malformed call, is wrong.
+
+**Harness** (:func:`run_tool_harness`): each question's tools are bound with
+:class:`~gradguard.integrations._core.tools.ToolBinding`, the answer is generated and scored in one pass with one
+:class:`~gradguard.scorer.SpanPlan` part per call, and the record (answer, calls, per-call results) is cached and
+resumable. :func:`json_call_format` (``--tool-format hermes-json``) also reads calls written as bare or fenced
+JSON. **Report** (:func:`evaluate_tools`): call accuracy, the no-call rate on irrelevant questions, per-call and
+per-answer AUROC/AURC/PRR of every score and of the confidence, the scoring/generation time ratio.
+**Calibration** (:func:`cmd_calibrate_tools`): one row per call made (:func:`tool_fit_data`), the fit of
+:mod:`gradguard.calibration.fit` with folds grouped by item id, stored in the profile as task ``tools``.
 """
 
 from __future__ import annotations
