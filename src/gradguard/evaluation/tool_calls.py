@@ -1461,7 +1461,7 @@ def cmd_calibrate_tools(args: Any) -> int:
     new = _validated(new_data, "the calibrated profile")
     out = args.out or f"{Path(args.data[0]).stem}-{task.name}-profile.json"
     save_profile(new, out)
-    text = format_report(report)
+    text = format_report(report).replace("scored answers from", "scored calls from", 1)
     print(text.replace("folds grouped by title/context", "folds grouped by item id (one row per call)"))
     print()
     summary = evaluate_tools(outcomes, calibration=cal, data_sha256=sha, n_boot=1000, seed=args.seed)
