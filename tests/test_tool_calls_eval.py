@@ -293,6 +293,11 @@ class Scripted:
         self.__dict__["inner"] = inner
         self.__dict__["answers"] = answers
         self.__dict__["generated"] = 0
+        self.__dict__["rescored"] = 0
+
+    def score(self, messages: Any, response: Any, **kw: Any) -> Any:
+        self.__dict__["rescored"] += 1
+        return self.inner.score(messages, response, **kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -329,11 +334,13 @@ def tiny() -> Any:
 
 def test_harness_scores_each_call_on_its_own_span_and_caches(tiny: Any, tmp_path: Path) -> None:
     from gradguard.evaluation.tool_calls import judge_tool_records, run_tool_harness
+    from gradguard.integrations._core.tool_formats import HermesFormat
 
     items = [
         _item([SMALL_TRUTH], [SMALL], ident="a"),
         _item([], [SMALL], ident="b"),
         _item([SMALL_TRUTH], [SMALL], ident="c"),
+        _item([SMALL_TRUTH], [SMALL], ident="d"),
     ]
     items = [ToolItem(**{**it.__dict__, "index": i, "messages": ({"role": "user", "content": it.id},)})
              for i, it in enumerate(items)]  # fmt: skip
@@ -341,10 +348,16 @@ def test_harness_scores_each_call_on_its_own_span_and_caches(tiny: Any, tmp_path
         "a": CALL.format(base=10) + "\n" + CALL.format(base=3),
         "b": "No tool fits that.",
         "c": '<tool_call>\n{"name": "geo_area", "arguments": {"base": 10, "height": 5,}}\n</tool_call>',
+        "d": '```json\n{"name": "geo_area", "arguments": {"base": 10, "height": 5}}\n```',
     }
+    strict = HermesFormat()
+    strict.lenient = False  # tags only: the fenced call of "d" is text
     scorer = Scripted(tiny, answers)
-    records = run_tool_harness(scorer, items, cache_dir=tmp_path, hidden_layers=(2,), progress=False)
-    a, b, c = records
+    records = run_tool_harness(
+        scorer, items, cache_dir=tmp_path, hidden_layers=(2,), tool_format=strict, progress=False
+    )
+    assert scorer.generated == 4 and scorer.rescored == 0
+    a, b, c, d = records
     assert [call.name for call in a.calls] == ["geo.area", "geo.area"]  # safe names mapped back
     for call in a.calls:
         assert call.result is not None and call.result.span == call.token_span
@@ -356,17 +369,24 @@ def test_harness_scores_each_call_on_its_own_span_and_caches(tiny: Any, tmp_path
     assert a.result.parts == () and a.result.timings.generate_s == 2.0
     assert b.calls == () and b.content == "No tool fits that."
     assert len(c.calls) == 1 and not c.calls[0].valid and c.calls[0].error
+    assert d.calls == ()
     outcomes = judge_tool_records(items, records)
-    assert [[k.valid for k in o.checks] for o in outcomes] == [[True, False], [], [False]]
-    assert [o.correct for o in outcomes] == [False, True, False]
+    assert [[k.valid for k in o.checks] for o in outcomes] == [[True, False], [], [False], []]
+    assert [o.correct for o in outcomes] == [False, True, False, False]
     # a second run reads everything from the cache
-    again = run_tool_harness(Scripted(tiny, answers), items, cache_dir=tmp_path, hidden_layers=(2,), progress=False)
-    assert [r.score_key for r in again] == [r.score_key for r in records]
-    # another parser re-scores the cached answers (no generation) and keys them apart
+    again = Scripted(tiny, answers)
+    same = run_tool_harness(again, items, cache_dir=tmp_path, hidden_layers=(2,), tool_format=strict, progress=False)
+    assert [r.score_key for r in same] == [r.score_key for r in records] and again.rescored == again.generated == 0
+    # the lenient Hermes parser (the default) reads the fenced call of "d": only "d" is scored again (from its
+    # cached tokens); the others' calls lie at the same spans, so their scores are reused
     fresh = Scripted(tiny, answers)
-    other = run_tool_harness(fresh, items, cache_dir=tmp_path, tool_format="hermes-json", progress=False)
-    assert fresh.generated == 0 and other[0].score_key != records[0].score_key
-    assert [len(r.calls) for r in other] == [2, 0, 1]
+    other = run_tool_harness(fresh, items, cache_dir=tmp_path, hidden_layers=(2,), progress=False)
+    assert fresh.generated == 0 and fresh.rescored == 1
+    assert other[0].score_key != records[0].score_key
+    assert [len(r.calls) for r in other] == [2, 0, 1, 1]
+    assert other[0].calls[0].model_dump(exclude={"id"}) == records[0].calls[0].model_dump(exclude={"id"})
+    assert other[3].calls[0].result is not None
+    assert judge_tool_records(items, other)[3].correct
 
 
 def test_a_binding_error_is_recorded_not_raised(tiny: Any, tmp_path: Path) -> None:

@@ -486,13 +486,14 @@ def _json_call(obj: Any) -> bool:
 
 
 def json_call_format() -> Any:
-    """A :class:`~gradguard.integrations._core.tool_formats.HermesFormat` that also reads calls written as JSON.
+    """A :class:`~gradguard.integrations._core.tool_formats.HermesFormat` that reads more calls written as JSON.
 
     Small Qwen models (the embedded Qwen2.5-Coder-0.5B-Instruct among them) answer a tools prompt with
-    ``{"name": ..., "arguments": {...}}`` in a Markdown code fence (```` ```json ````) or bare, not inside
-    ``<tool_call>`` tags. This format (name ``hermes-json``) parses ``<tool_call>`` blocks as Hermes does and,
-    in a finished turn without them, a JSON call object (or an array of them) that opens the turn or a code
-    fence; text around it is content. Spans follow the Hermes rule (name to end of arguments).
+    ``{"name": ..., "arguments": {...}}``, bare or in a Markdown code fence (```` ```json ````), not inside
+    ``<tool_call>`` tags. The Hermes format reads a turn made only of such objects; this one (name
+    ``hermes-json``) also reads, in a finished turn without tags, a call object (or an array of them) that
+    opens a code fence anywhere in the turn — text around it is content — and records one that does not decode
+    as an invalid call. Spans follow the Hermes rule (name to end of arguments).
     """
     from gradguard.integrations._core.tool_formats import HermesFormat, ParsedTurn
 
@@ -756,6 +757,41 @@ def _call_records(plan: _Plan, result: ScoreResult | None) -> tuple[CallRecord, 
     return tuple(out)
 
 
+def _same_spans(
+    previous: ToolRecord, plan: _Plan, settings: HarnessSettings, wanted: set[int]
+) -> tuple[CallRecord, ...] | None:
+    """The calls of ``previous``'s answer as ``plan``'s parser reads them, with ``previous``'s per-call results,
+    when every call ``plan`` locates was scored there at the same token span and the same settings; else None."""
+    res = previous.result
+    if res is None or res.spt_offset != settings.spt_offset or tuple(res.layer_span) != tuple(settings.layer_span):
+        return None
+    if not wanted <= set(previous.hidden_layers):
+        return None
+    plan.parse(res.token_ids)
+    old = {c.token_span: c for c in previous.calls if c.token_span is not None and c.result is not None}
+    spans = [span for _, _, span in plan.entries]
+    if any(span is None or span not in old or not wanted <= set(old[span].hidden_layers) for span in spans):
+        return None
+    out = []
+    for (call, valid, _), span in zip(plan.entries, spans, strict=True):
+        assert span is not None
+        was = old[span]
+        out.append(
+            was.model_copy(
+                update={
+                    "id": str(call.id),
+                    "name": call.name,
+                    "arguments": dict(call.arguments) if valid else None,
+                    "raw_arguments": None if valid else call.arguments,
+                    "valid": valid,
+                    "error": None if valid else str(call.error),
+                    "char_span": tuple(call.span) if call.span is not None else None,
+                }
+            )
+        )
+    return tuple(out)
+
+
 def run_tool_harness(
     scorer: ToolScorerLike,
     items: Sequence[ToolItem],
@@ -778,7 +814,9 @@ def run_tool_harness(
     character span mapped to tokens by :func:`gradguard.prompting.token_span`). Records go to
     ``cache_dir/tool_records.jsonl`` as they finish (the cache of :mod:`gradguard.calibration.harness`): a
     record scored at the same settings is reused, one generated at the same settings is re-scored from its
-    tokens. An item whose binding or scoring fails with a gradguard error is recorded with ``error``.
+    tokens — unless another parser found calls at the same token spans, whose scores are then taken as they are
+    (the scores depend on the tokens, the spans and the settings only). An item whose binding or scoring fails
+    with a gradguard error is recorded with ``error``.
     ``tool_format`` overrides the format detected from the chat template (a format, or a name for
     :func:`resolve_tool_format`, e.g. ``"hermes-json"``).
     """
@@ -804,7 +842,7 @@ def run_tool_harness(
 
     cache: RecordCache[ToolRecord] = RecordCache(cache_dir, ToolRecord, TOOL_CACHE_FILE)
     records: list[ToolRecord] = []
-    hits = rescored = generated = n_calls = 0
+    hits = reused = rescored = generated = n_calls = 0
     wanted = set(hidden_layers)
     previous_layers = tuple(getattr(scorer, "hidden_layers", ()))
     if hidden_layers:
@@ -834,18 +872,33 @@ def run_tool_harness(
             gk = _digest(
                 {"gen": generation_key(messages, settings), "tools": tools, "prefill": prefill, "task": task.name}
             )
-            parser = getattr(getattr(binding, "fmt", None), "name", None)
+            fmt_used = getattr(binding, "fmt", None)
+            parser = getattr(fmt_used, "name", None)
+            if parser is not None and getattr(fmt_used, "lenient", True) is False:
+                parser += ":strict"  # HermesFormat with lenient=False reads fewer calls under the same name
             sk = _digest({"score": scoring_key(gk, settings), "tool_format": TOOL_SCORING_FORMAT, "parser": parser})
             cached = cache.by_score.get(sk)
             if cached is not None and (cached.result is None or wanted <= set(cached.hidden_layers)):
                 records.append(cached.model_copy(update=update))
                 hits += 1
                 n_calls += len(cached.calls)
-                bar.set_postfix(cached=hits, rescored=rescored, generated=generated, calls=n_calls, refresh=False)
+                bar.set_postfix(cached=hits, reused=reused, rescored=rescored, generated=generated, refresh=False)
                 continue
             result: ScoreResult | None = None
             plan = _Plan(binding, scorer.tokenizer)
             previous = cached if cached is not None and cached.result is not None else cache.by_gen.get(gk)
+            if binding is not None and previous is not None:
+                same = _same_spans(previous, plan, settings, wanted)
+                if same is not None:  # another parser found the same calls: their scores are these
+                    rec = previous.model_copy(
+                        update={"score_key": sk, "content": str(plan.turn.content), "calls": same, **update}
+                    )
+                    cache.add(rec)
+                    records.append(rec)
+                    reused += 1
+                    n_calls += len(same)
+                    bar.set_postfix(cached=hits, reused=reused, rescored=rescored, generated=generated, refresh=False)
+                    continue
             if binding is not None:
                 kw: dict[str, Any] = {"tools": tools or None, "prefill": prefill, "spans": plan}
                 try:
@@ -876,7 +929,7 @@ def run_tool_harness(
             cache.add(rec)
             records.append(rec)
             n_calls += len(calls)
-            bar.set_postfix(cached=hits, rescored=rescored, generated=generated, calls=n_calls, refresh=False)
+            bar.set_postfix(cached=hits, reused=reused, rescored=rescored, generated=generated, refresh=False)
     finally:
         if hidden_layers:
             scorer.hidden_layers = previous_layers
