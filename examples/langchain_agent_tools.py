@@ -28,8 +28,8 @@ from gradguard.integrations.langchain import ChatGradguard
 from gradguard.integrations.langchain.middleware import ConfidenceToolGuard
 
 QUESTIONS = (
-    "What is the weather in Paris right now?",
-    "Convert 250 US dollars to euros.",
+    "What is the weather in Paris right now?",  # a clear call: it runs
+    "I have some dollars left from my trip, how many yen is that?",  # the amount is a guess: held for approval
 )
 
 
