@@ -13,6 +13,7 @@ __all__ = [
     "ContextLengthError",
     "MissingExtraError",
     "GenerationCancelled",
+    "QueueFullError",
 ]
 
 
@@ -63,3 +64,14 @@ class MissingExtraError(GradguardError, ImportError):
 
 class GenerationCancelled(GradguardError):
     """Generation was cancelled (the ``cancel`` event was set), so nothing was scored and the model is free."""
+
+
+class QueueFullError(GradguardError):
+    """Too many requests are already waiting for the model; try again after ``retry_after`` seconds (an estimate)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = float(retry_after)
+
+    def __reduce__(self) -> tuple[type[QueueFullError], tuple[str, float]]:  # keep retry_after across pickling
+        return (type(self), (str(self), self.retry_after))
