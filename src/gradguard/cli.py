@@ -126,6 +126,22 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from gradguard.scorer import GradScorer
 
+    bulk, single = (args.jsonl, args.out), (args.question, args.answer)
+    if not (all(v is not None for v in bulk) and all(v is None for v in single)) and not (
+        all(v is not None for v in single) and all(v is None for v in bulk)
+    ):
+        args.score_parser.error(
+            "give either --question and --answer (one answer) or --jsonl IN and --out OUT (a file of answers)"
+        )
+    if args.jsonl is not None:
+        if args.system is not None or args.context is not None:
+            args.score_parser.error("--system and --context are per line with --jsonl (messages, or question+context)")
+        from gradguard.bulk import score_jsonl
+
+        scorer = GradScorer.from_pretrained(args.model, spt_offset=args.spt_offset, task=args.task)
+        summary = score_jsonl(scorer, args.jsonl, args.out, task=args.task)
+        print(json.dumps(vars(summary)) if args.json else f"{args.out}: {summary}")
+        return 0
     task, messages = _task_and_messages(args)
     scorer = GradScorer.from_pretrained(args.model, spt_offset=args.spt_offset, task=task)
     result = scorer.score(messages, args.answer)
@@ -165,10 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ask)
     ask.set_defaults(func=_cmd_ask)
     score = sub.add_parser("score", help="score a given answer (teacher-forced)")
-    score.add_argument("--question", required=True)
-    score.add_argument("--answer", required=True)
+    score.add_argument("--question", default=None, help="the question (with --answer)")
+    score.add_argument("--answer", default=None, help="the answer to score (with --question)")
+    score.add_argument(
+        "--jsonl", default=None, metavar="IN", help="score each line of this JSONL file (with --out)"
+    )
+    score.add_argument("--out", default=None, metavar="OUT", help="JSONL results of --jsonl (resumes if it exists)")
     _common(score)
-    score.set_defaults(func=_cmd_score)
+    score.set_defaults(func=_cmd_score, score_parser=score)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
