@@ -32,6 +32,7 @@ from gradguard.integrations._core.metadata import (
     unscored_metadata,
 )
 from gradguard.integrations._core.options import CALL_OPTIONS, MAX_TOP_LOGPROBS, GenerationOptions
+from gradguard.integrations._core.remote import RemoteBackend, RemoteServerError, RemoteToolBinding
 from gradguard.integrations._core.streaming import stream_generation
 from gradguard.integrations._core.tool_formats import (
     TOOL_CALL_FORMATS,
@@ -69,5 +70,5 @@ __all__ = [
     "ToolMessageError", "ToolSchemaError", "ToolsUnsupportedError", "format_for", "register_tool_call_format",
     "REASONING_TAGS", "TOOLS_TASK", "ScoredCall", "ToolMessages", "ToolTurn", "TurnPiece", "generate_turn",
     "score_turn", "split_reasoning", "stream_turn", "ToolBinding", "ToolChoice", "ToolNames", "ToolSpec",
-    "normalize_tools",
+    "normalize_tools", "RemoteBackend", "RemoteServerError", "RemoteToolBinding",
 ]
