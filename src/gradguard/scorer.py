@@ -5,6 +5,7 @@ All scores are uncertainties — larger means the model is less sure of its answ
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import threading
@@ -583,6 +584,83 @@ class GradScorer:
             spans=spans,
             **generate_kwargs,
         )[0]
+
+    async def ascore(
+        self,
+        messages: Messages,
+        response: str | Sequence[int],
+        *,
+        task: str | None = None,
+        top_logprobs: int = 0,
+        tools: Tools | None = None,
+        prefill: str = "",
+        spans: SpanFn | None = None,
+    ) -> ScoreResult:
+        """:meth:`score` in a worker thread, for asyncio code: the event loop is not blocked while the model runs.
+
+        Every score on the result is an uncertainty — larger means the model is less confident in ``response``.
+        The arguments act as in :meth:`score`; calls from many tasks take turns on :attr:`lock`.
+        """
+        return await asyncio.to_thread(
+            self.score,
+            messages,
+            response,
+            task=task,
+            top_logprobs=top_logprobs,
+            tools=tools,
+            prefill=prefill,
+            spans=spans,
+        )
+
+    async def agenerate_and_score(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = 256,
+        streamer: Any = None,
+        task: str | None = None,
+        stop: Sequence[str] = (),
+        top_logprobs: int = 0,
+        cancel: threading.Event | None = None,
+        tools: Tools | None = None,
+        prefill: str = "",
+        spans: SpanFn | None = None,
+        **generate_kwargs: Any,
+    ) -> ScoreResult:
+        """:meth:`generate_and_score` in a worker thread, for asyncio code; cancelling the awaiting task stops it.
+
+        Every score on the result is an uncertainty — larger means the model is less confident in its answer.
+        The arguments act as in :meth:`generate_and_score`. When the task awaiting this call is cancelled,
+        ``cancel`` (an event made here if none is given) is set, generation stops at the next token, nothing
+        is scored, and :class:`asyncio.CancelledError` is raised once the worker thread has let go of
+        :attr:`lock`.
+        """
+        event = cancel if cancel is not None else threading.Event()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.generate_and_score,
+                messages,
+                max_new_tokens=max_new_tokens,
+                streamer=streamer,
+                task=task,
+                stop=stop,
+                top_logprobs=top_logprobs,
+                cancel=event,
+                tools=tools,
+                prefill=prefill,
+                spans=spans,
+                **generate_kwargs,
+            )
+        )
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            event.set()  # generation stops at the next token
+            try:
+                await work  # the thread ends promptly and frees the lock
+            except BaseException:  # noqa: BLE001, S110 - GenerationCancelled (or a second cancel): the task is cancelled
+                pass
+            raise
 
     def generate_many(
         self,
