@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "gradguard.calibration.cli",
     "gradguard.evaluation.cli",
     "gradguard.review.cli",
+    "gradguard.serving.cli",
 )
 
 
