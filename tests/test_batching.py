@@ -467,3 +467,28 @@ def test_cancelled_requests_are_dropped(scorer: GradScorer) -> None:
 def test_batcher_rejects_bad_settings(scorer: GradScorer) -> None:
     with pytest.raises(InputError):
         MicroBatcher(scorer, max_batch=0)
+
+
+def test_max_time_stops_its_row_only(scorer: GradScorer) -> None:
+    requests = [
+        GenerationRequest(messages=ask(PROMPTS[0]), max_new_tokens=20, max_time=1e-9),  # out of time at once
+        GenerationRequest(messages=ask(PROMPTS[1]), max_new_tokens=20),
+    ]
+    timed, full = (ok(r) for r in generate_batch(scorer, requests))
+    assert timed.n_response_tokens == 1 and timed.finish_reason == "stop"  # as generate_and_score with max_time
+    assert full.n_response_tokens == 20 and full.finish_reason == "length"
+    assert_scores_as_alone(scorer, timed, requests[0])
+
+
+def test_importing_batching_imports_no_framework() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gradguard\n"
+        "from gradguard import GenerationRequest, MicroBatcher\n"
+        "from gradguard.batching import generate_batch\n"
+        "heavy = [m for m in ('torch', 'transformers', 'fastapi', 'starlette') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=WAIT)

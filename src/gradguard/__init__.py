@@ -27,15 +27,24 @@ from gradguard.errors import (
 from gradguard.result import UNCERTAINTY_KEYS, ScoreResult, Timings
 
 if TYPE_CHECKING:
+    from gradguard.batching import GenerationRequest, MicroBatcher
     from gradguard.loading import DEFAULT_MODEL, load_model
     from gradguard.scorer import GradScorer
 
-_LAZY = {"GradScorer": "gradguard.scorer", "load_model": "gradguard.loading", "DEFAULT_MODEL": "gradguard.loading"}
+_LAZY = {
+    "GradScorer": "gradguard.scorer",
+    "load_model": "gradguard.loading",
+    "DEFAULT_MODEL": "gradguard.loading",
+    "GenerationRequest": "gradguard.batching",
+    "MicroBatcher": "gradguard.batching",
+}
 
 __all__ = [
     "__version__",
     "DEFAULT_MODEL",
     "GradScorer",
+    "GenerationRequest",
+    "MicroBatcher",
     "ScoreResult",
     "Timings",
     "UNCERTAINTY_KEYS",
