@@ -18,12 +18,12 @@ openai = pytest.importorskip("openai")
 def test_official_client(scorer: GradScorer) -> None:
     with live_server(scorer, api_key="k", max_wait_ms=0) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="k", timeout=60, max_retries=0)
-        completion = client.chat.completions.create(model="tiny-qwen2", messages=QUESTION, max_tokens=6)  # type: ignore[arg-type]
+        completion = client.chat.completions.create(model="tiny-qwen2", messages=QUESTION, max_tokens=6)
         choice = completion.choices[0]
-        meta = choice.model_extra["gradguard"]  # type: ignore[index]
+        meta = choice.model_extra["gradguard"]
         assert meta["scored"] is True and "uncertainty" in meta
         stream = client.chat.completions.create(
-            model="tiny-qwen2", messages=QUESTION, max_tokens=6, stream=True,  # type: ignore[arg-type]
+            model="tiny-qwen2", messages=QUESTION, max_tokens=6, stream=True,
             stream_options={"include_usage": True},
         )
         chunks = list(stream)
@@ -31,7 +31,7 @@ def test_official_client(scorer: GradScorer) -> None:
         assert text == choice.message.content
         assert chunks[-1].usage is not None and chunks[-1].choices == []
         finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
-        assert finals[0].choices[0].model_extra["gradguard"]["scored"] is True  # type: ignore[index]
+        assert finals[0].choices[0].model_extra["gradguard"]["scored"] is True
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="bad", max_retries=0).models.list()
 
