@@ -116,3 +116,13 @@ def test_queue_full_is_429_with_retry_after(make_client: Callable[..., TestClien
     for t in threads:
         t.join(120)
     assert all(o.status_code == 200 for o in outcome.values())
+
+
+def test_request_timeout_is_504(make_client: Callable[..., TestClient], scorer: GradScorer) -> None:
+    client = make_client(request_timeout_s=0.3, max_wait_ms=0)
+    with scorer.lock:  # the model stays busy past the request's deadline
+        err = error(chat(client), 504)
+        stream = chat(client, stream=True)
+    assert err["code"] == "request_timeout"
+    assert stream.status_code == 504
+    assert chat(client).status_code == 200  # the cancelled requests left the model free
