@@ -17,7 +17,8 @@ from langchain_core.tracers.context import register_configure_hook
 from pydantic import BaseModel, ConfigDict, Field
 
 from gradguard.errors import GradguardError
-from gradguard.integrations._core import METADATA_KEY, LocalBackend, score_foreign, unscored_metadata
+from gradguard.integrations._core import METADATA_KEY, LocalBackend, RemoteBackend, score_foreign, unscored_metadata
+from gradguard.integrations._core.remote import ExpectedModel, model_warnings
 from gradguard.integrations.langchain.chat_model import to_chat_dicts
 from gradguard.integrations.langchain.metadata import is_scored, read_metadata, remember_result, result_for
 from gradguard.result import ScoreResult
@@ -60,15 +61,40 @@ class GradguardCallbackHandler(BaseCallbackHandler):
     into the chain: an unscorable completion is recorded with ``scored=False`` and an ``error`` (unconfident); one
     already scored (by ``ChatGradguard``) is recorded, not scored again. Build it with
     ``GradguardCallbackHandler(scorer)`` or ``GradguardCallbackHandler.from_chat_model(chat_hf)``.
+
+    Side-car mode: ``GradguardCallbackHandler(scorer_url="http://127.0.0.1:8000", api_key=...)`` scores the answers
+    of any chat model (``ChatOpenAI`` over vLLM, ``ChatOllama``, ...) on a ``gradguard serve`` server
+    (``/v1/score``). The scores are only that model's uncertainty when the server hosts the same model: the
+    generator's name (``response_metadata["model_name"]``/``["model"]``, ``llm_output``, or the model's
+    parameters) is checked against the server's through ``expected_model`` (see
+    :func:`~gradguard.integrations._core.remote.model_warnings`); a mismatch adds a sentence to the metadata's
+    ``warnings`` list (never an exception). A server that cannot be reached gives ``scored=False`` and an ``error``.
     """
 
     raise_error: bool = False
 
     def __init__(
-        self, scorer: GradScorer | None = None, *, attach: bool = True, max_records: int | None = 10_000
+        self,
+        scorer: GradScorer | None = None,
+        *,
+        attach: bool = True,
+        max_records: int | None = 10_000,
+        scorer_url: str | None = None,
+        api_key: str | None = None,
+        expected_model: ExpectedModel = None,
+        timeout: float = 120.0,
     ) -> None:
         super().__init__()
+        if scorer is not None and scorer_url is not None:
+            raise GradguardError(
+                f"GradguardCallbackHandler got scorer=... and scorer_url={scorer_url!r}; pass only one: scorer= for a "
+                "model in this process, scorer_url= for a `gradguard serve` server"
+            )
         self.scorer = scorer
+        self.scorer_url = scorer_url
+        self.expected_model = expected_model
+        self._remote = RemoteBackend(scorer_url, api_key=api_key, timeout=timeout) if scorer_url is not None else None
+        self._generators: dict[UUID, str | None] = {}
         self.attach = attach
         self.max_records = max_records
         self._lock = threading.Lock()
@@ -115,20 +141,26 @@ class GradguardCallbackHandler(BaseCallbackHandler):
     def on_chat_model_start(
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
-        """Remember the prompt of the run (one message list per chat-model run)."""
-        if messages:
-            with self._lock:
+        """Remember the prompt of the run (one message list per chat-model run) and the model's name."""
+        name = _model_name(kwargs.get("invocation_params"), (serialized or {}).get("kwargs"))
+        with self._lock:
+            if messages:
                 self._prompts[run_id] = list(messages[0])
+            self._generators[run_id] = name
+            while len(self._generators) > 10_000:
+                self._generators.pop(next(iter(self._generators)))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Forget the prompt of a run that failed (nothing to score)."""
         with self._lock:
             self._prompts.pop(run_id, None)
+            self._generators.pop(run_id, None)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Score each completion of the run and attach its metadata; never raises."""
         with self._lock:
             prompt = self._prompts.pop(run_id, None)
+            started_name = self._generators.pop(run_id, None)
         records = []
         for index, generation in enumerate(response.generations[0] if response.generations else []):
             text = generation.text if isinstance(generation.text, str) else str(generation.text)
@@ -139,6 +171,11 @@ class GradguardCallbackHandler(BaseCallbackHandler):
                 error = f"{type(exc).__name__}: {exc}"
                 logger.warning("gradguard could not score run %s: %s", run_id, error)
                 fields.update(metadata=unscored_metadata(error), error=error)
+            already = fields.pop("already", False)
+            if self._remote is not None and not already:
+                message = getattr(generation, "message", None)
+                name = _model_name(getattr(message, "response_metadata", None), response.llm_output) or started_name
+                self._check_model(fields["metadata"], name)
             record = ScoreRecord(**fields)
             message = getattr(generation, "message", None)
             if message is not None and self.attach:
@@ -156,12 +193,15 @@ class GradguardCallbackHandler(BaseCallbackHandler):
         dicts = to_chat_dicts(prompt) if prompt is not None else None
         existing = read_metadata(generation) if isinstance(generation, ChatGeneration) else None
         if existing is not None:  # already scored (e.g. by ChatGradguard)
-            return {"messages": dicts, "metadata": existing, "result": result_for(generation.message)}
+            return {"messages": dicts, "metadata": existing, "result": result_for(generation.message), "already": True}
         if dicts is None:
             raise GradguardError(
                 "the handler saw no prompt for this run: it scores chat models (on_chat_model_start), "
                 "not plain LLMs; wrap the LLM in ChatHuggingFace"
             )
+        if self._remote is not None:  # side-car: the server scores (a full-text echo cannot be told apart here)
+            result, meta = score_foreign(self._remote, dicts, text)
+            return {"messages": dicts, "response": text, "metadata": meta, "result": result, "error": meta.get("error")}
         if self.scorer is None:
             raise GradguardError(
                 "the handler has no scorer; build it with GradguardCallbackHandler(GradScorer(model, tokenizer)) "
@@ -172,6 +212,27 @@ class GradguardCallbackHandler(BaseCallbackHandler):
             text = text[len(prompt_text) :]  # pipelines with return_full_text=True echo the templated prompt first
         result, meta = score_foreign(LocalBackend(scorer=self.scorer), dicts, text)
         return {"messages": dicts, "response": text, "metadata": meta, "result": result, "error": meta.get("error")}
+
+
+    def _check_model(self, meta: dict[str, Any], generator: str | None) -> None:
+        """Add ``warnings`` to ``meta`` when the generator and the scoring server's model may differ."""
+        assert self._remote is not None
+        scorer_names = [meta.get("model"), self._remote.model_name]
+        warnings = model_warnings(generator, scorer_names, self.expected_model)
+        if warnings:
+            for warning in warnings:
+                logger.warning("gradguard: %s", warning)
+            meta["warnings"] = [*meta.get("warnings", []), *warnings]
+
+
+def _model_name(*bags: Any) -> str | None:
+    """The first model name in ``bags`` (``model_name``, ``model``, ``model_id``), or None."""
+    for bag in bags:
+        if isinstance(bag, dict):
+            for key in ("model_name", "model", "model_id"):
+                if isinstance(bag.get(key), str) and bag[key]:
+                    return str(bag[key])
+    return None
 
 
 _handler_var: ContextVar[GradguardCallbackHandler | None] = ContextVar("gradguard_callback", default=None)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
@@ -23,7 +23,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 
 from gradguard.integrations._core import (
     CALL_OPTIONS,
@@ -31,12 +31,14 @@ from gradguard.integrations._core import (
     GenerationOptions,
     IntegrationError,
     LocalBackend,
+    RemoteBackend,
     ToolBinding,
     ToolTurn,
     UnknownOptionError,
     with_system_prompt,
 )
-from gradguard.integrations._core.tool_turn import reasoning_spans
+from gradguard.integrations._core.streaming import StreamPiece
+from gradguard.integrations._core.tool_turn import TurnPiece, reasoning_spans
 from gradguard.integrations.langchain.metadata import _validation_as, remember_result
 from gradguard.integrations.langchain.structured import StructuredMethod, json_instruction, structured_output
 from gradguard.result import ScoreResult
@@ -149,7 +151,9 @@ class ChatGradguard(BaseChatModel):
 
     Setup:
         ``ChatGradguard()`` hosts the embedded Qwen2.5-Coder-0.5B-Instruct; ``model=`` a Hub id in the local
-        cache, a folder or a ``.gguf`` (loaded on first use); ``scorer=GradScorer(model, tokenizer)`` a loaded one.
+        cache, a folder or a ``.gguf`` (loaded on first use); ``scorer=GradScorer(model, tokenizer)`` a loaded one;
+        ``base_url="http://host:8000"`` (with ``api_key=`` or ``$GRADGUARD_API_KEY``) the model of a
+        ``gradguard serve`` server: the same answers, scores and metadata, computed there (docs/clients.md).
     Invoke:
         ``chat.invoke("Who proposed natural selection?")``; greedy unless ``temperature > 0``. Per-call options:
         :data:`~gradguard.integrations._core.CALL_OPTIONS` (and ``max_tokens``) plus ``tools``, ``tool_choice``
@@ -189,6 +193,8 @@ class ChatGradguard(BaseChatModel):
 
     model: str | None = Field(None, description="Model source: Hub id, folder or .gguf; None = embedded default.")
     scorer: GradScorer | None = Field(None, exclude=True, description="A ready scorer (instead of `model`).")
+    base_url: str | None = Field(None, description="A `gradguard serve` server's URL (instead of model/scorer).")
+    api_key: SecretStr | None = Field(None, exclude=True, description="The server's key (default $GRADGUARD_API_KEY).")
     max_new_tokens: int = Field(
         256, validation_alias=AliasChoices("max_new_tokens", "max_tokens"), description="Most tokens to generate."
     )
@@ -205,14 +211,32 @@ class ChatGradguard(BaseChatModel):
         False, description="Score a <think>...</think> section too (default: only the answer after it is scored)."
     )
 
-    _backend: LocalBackend = PrivateAttr()
+    _backend: LocalBackend | RemoteBackend = PrivateAttr()
     _defaults: GenerationOptions = PrivateAttr()
 
     def __init__(self, **kwargs: Any) -> None:
         with _validation_as(ChatGradguard, ChatInputError):  # a local model: no API key, retries, ...
             super().__init__(**kwargs)
         self._defaults = _options(GenerationOptions(), self.model_dump(include=set(CALL_OPTIONS)), None)
-        self._backend = LocalBackend(self.model, self.scorer)
+        if self.base_url is not None:
+            given = [name for name in ("model", "scorer") if getattr(self, name) is not None]
+            if given:
+                raise ChatInputError(
+                    f"ChatGradguard got base_url={self.base_url!r} and {given[0]}=...; pass only one: base_url= for "
+                    f"a model served by `gradguard serve`, model=/scorer= for a model in this process"
+                )
+            key = self.api_key.get_secret_value() if self.api_key is not None else None
+            try:
+                self._backend = RemoteBackend(self.base_url, api_key=key, timeout=self.timeout or 120.0)
+            except IntegrationError as exc:
+                raise ChatInputError(f"ChatGradguard: {exc}") from None
+        elif self.api_key is not None:
+            raise ChatInputError(
+                "ChatGradguard got api_key= without base_url=: a model in this process needs no key; pass "
+                "base_url= for a `gradguard serve` server"
+            )
+        else:
+            self._backend = LocalBackend(self.model, self.scorer)
 
     @property
     def _llm_type(self) -> str:
@@ -225,7 +249,12 @@ class ChatGradguard(BaseChatModel):
 
     @property
     def gradscorer(self) -> GradScorer:
-        """The scorer behind this model, loaded on first use."""
+        """The scorer behind this model, loaded on first use (a remote model has none here: raises)."""
+        if isinstance(self._backend, RemoteBackend):
+            raise ChatInputError(
+                f"ChatGradguard(base_url={self.base_url!r}) has no scorer in this process: the model is served by "
+                "`gradguard serve`; read scores from response_metadata['gradguard'] (or result_for(message))"
+            )
         return self._backend.scorer
 
     @property
@@ -307,8 +336,17 @@ class ChatGradguard(BaseChatModel):
         # Tool messages without tools bound still go through the binding (rendered, ids checked), with choice none.
         return dicts, options, self._backend.bind(tools, choice if tools or choice not in (None, "auto") else "none")
 
-    def _spans(self) -> dict[str, Any]:
-        return {} if self.score_reasoning else {"spans": reasoning_spans(self._backend.scorer.tokenizer)}
+    def _plain(self, dicts: list[dict[str, Any]], options: GenerationOptions) -> ScoreResult:
+        if isinstance(self._backend, RemoteBackend):  # the server keeps reasoning apart itself
+            return self._backend.generate(dicts, options, reasoning=not self.score_reasoning)
+        spans = {} if self.score_reasoning else {"spans": reasoning_spans(self._backend.scorer.tokenizer)}
+        return self._backend.generate(dicts, options, **spans)
+
+    def _plain_stream(self, dicts: list[dict[str, Any]], options: GenerationOptions) -> Iterator[StreamPiece]:
+        if isinstance(self._backend, RemoteBackend):
+            return self._backend.stream(dicts, options, reasoning=not self.score_reasoning)
+        spans = {} if self.score_reasoning else {"spans": reasoning_spans(self._backend.scorer.tokenizer)}
+        return self._backend.stream(dicts, options, **spans)
 
     def _scored(
         self, message_id: str, result: ScoreResult, options: GenerationOptions, turn: ToolTurn | None = None
@@ -339,18 +377,40 @@ class ChatGradguard(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         dicts, options, binding = self._call(messages, stop, kwargs)
-        message_id = f"gradguard-{uuid.uuid4().hex}"
         if binding is None:
-            result = self._backend.generate(dicts, options, **self._spans())
-            message = AIMessage(content=result.response, **self._scored(message_id, result, options))
-        else:
-            turn = self._backend.generate_turn(dicts, binding, options, reasoning=not self.score_reasoning)
-            message = AIMessage(
-                content=turn.content,
-                tool_calls=[tool_call(name=c.call.name, args=c.call.arguments, id=c.call.id) for c in turn.calls],
-                invalid_tool_calls=_invalid(turn),
-                **self._scored(message_id, turn.result, options, turn),
-            )
+            return self._plain_result(self._plain(dicts, options), options)
+        turn = self._backend.generate_turn(dicts, binding, options, reasoning=not self.score_reasoning)
+        return self._turn_result(turn, options)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if not isinstance(self._backend, RemoteBackend):
+            return await super()._agenerate(messages, stop, run_manager, **kwargs)  # a worker thread
+        dicts, options, binding = self._call(messages, stop, kwargs)
+        reasoning = not self.score_reasoning
+        if binding is None:
+            return self._plain_result(await self._backend.agenerate(dicts, options, reasoning=reasoning), options)
+        turn = await self._backend.agenerate_turn(dicts, binding, options, reasoning=reasoning)
+        return self._turn_result(turn, options)
+
+    def _plain_result(self, result: ScoreResult, options: GenerationOptions) -> ChatResult:
+        message_id = f"gradguard-{uuid.uuid4().hex}"
+        message = AIMessage(content=result.response, **self._scored(message_id, result, options))
+        return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"model_name": self.model_name})
+
+    def _turn_result(self, turn: ToolTurn, options: GenerationOptions) -> ChatResult:
+        message_id = f"gradguard-{uuid.uuid4().hex}"
+        message = AIMessage(
+            content=turn.content,
+            tool_calls=[tool_call(name=c.call.name, args=c.call.arguments, id=c.call.id) for c in turn.calls],
+            invalid_tool_calls=_invalid(turn),
+            **self._scored(message_id, turn.result, options, turn),
+        )
         return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"model_name": self.model_name})
 
     def _stream(
@@ -363,31 +423,60 @@ class ChatGradguard(BaseChatModel):
         dicts, options, binding = self._call(messages, stop, kwargs)
         message_id = f"gradguard-{uuid.uuid4().hex}"
         if binding is None:
-            for piece in self._backend.stream(dicts, options, **self._spans()):
-                if piece.result is None:
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=piece.text, id=message_id))
-                else:
-                    parts = self._scored(message_id, piece.result, options)
-                    last = AIMessageChunk(content=piece.text, chunk_position="last", **parts)
-                    yield ChatGenerationChunk(message=last)
+            for piece in self._plain_stream(dicts, options):
+                yield self._piece_chunk(message_id, piece, options)
             return
-        index = 0
+        counter = [0]
         for turn_piece in self._backend.stream_turn(dicts, binding, options, reasoning=not self.score_reasoning):
-            chunks = []
-            for call in turn_piece.calls:
-                chunks.append(tool_call_chunk(name=call.name, args=json.dumps(call.arguments), id=call.id, index=index))
-                index += 1
-            if turn_piece.turn is None:
-                chunk = AIMessageChunk(content=turn_piece.content, id=message_id, tool_call_chunks=chunks)
-            else:
-                # Invalid calls are not streamed as chunks: LangChain would re-parse their arguments into tool_calls.
-                parts = self._scored(message_id, turn_piece.turn.result, options, turn_piece.turn)
-                if turn_piece.turn.invalid:
-                    parts["response_metadata"]["invalid_tool_calls"] = _invalid(turn_piece.turn)
-                chunk = AIMessageChunk(
-                    content=turn_piece.content, tool_call_chunks=chunks, chunk_position="last", **parts
-                )
-            yield ChatGenerationChunk(message=chunk)
+            yield self._turn_chunk(message_id, turn_piece, options, counter)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        if not isinstance(self._backend, RemoteBackend):
+            async for chunk in super()._astream(messages, stop, run_manager, **kwargs):  # a worker thread
+                yield chunk
+            return
+        dicts, options, binding = self._call(messages, stop, kwargs)
+        message_id = f"gradguard-{uuid.uuid4().hex}"
+        reasoning = not self.score_reasoning
+        if binding is None:
+            async for piece in self._backend.astream(dicts, options, reasoning=reasoning):
+                yield self._piece_chunk(message_id, piece, options)
+            return
+        counter = [0]
+        async for turn_piece in self._backend.astream_turn(dicts, binding, options, reasoning=reasoning):
+            yield self._turn_chunk(message_id, turn_piece, options, counter)
+
+    def _piece_chunk(self, message_id: str, piece: StreamPiece, options: GenerationOptions) -> ChatGenerationChunk:
+        if piece.result is None:
+            return ChatGenerationChunk(message=AIMessageChunk(content=piece.text, id=message_id))
+        parts = self._scored(message_id, piece.result, options)
+        return ChatGenerationChunk(message=AIMessageChunk(content=piece.text, chunk_position="last", **parts))
+
+    def _turn_chunk(
+        self, message_id: str, turn_piece: TurnPiece, options: GenerationOptions, counter: list[int]
+    ) -> ChatGenerationChunk:
+        """One chunk of a streamed turn; ``counter[0]`` is the index of the next tool-call chunk."""
+        chunks = []
+        for call in turn_piece.calls:
+            chunks.append(tool_call_chunk(name=call.name, args=json.dumps(call.arguments), id=call.id,
+                                          index=counter[0]))
+            counter[0] += 1
+        if turn_piece.turn is None:
+            return ChatGenerationChunk(
+                message=AIMessageChunk(content=turn_piece.content, id=message_id, tool_call_chunks=chunks)
+            )
+        # Invalid calls are not streamed as chunks: LangChain would re-parse their arguments into tool_calls.
+        parts = self._scored(message_id, turn_piece.turn.result, options, turn_piece.turn)
+        if turn_piece.turn.invalid:
+            parts["response_metadata"]["invalid_tool_calls"] = _invalid(turn_piece.turn)
+        chunk = AIMessageChunk(content=turn_piece.content, tool_call_chunks=chunks, chunk_position="last", **parts)
+        return ChatGenerationChunk(message=chunk)
 
 
 def _invalid(turn: ToolTurn) -> list[Any]:
