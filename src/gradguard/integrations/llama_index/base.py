@@ -32,6 +32,7 @@ from gradguard.integrations._core import (
     GenerationOptions,
     IntegrationError,
     LocalBackend,
+    RemoteBackend,
     ToolBinding,
     ToolCall,
     ToolTurn,
@@ -71,7 +72,8 @@ class GradguardLLM(FunctionCallingLLM):
         ``pip install 'gradguard[llama-index]'``; ``GradguardLLM()`` hosts the embedded
         Qwen2.5-Coder-0.5B-Instruct, ``GradguardLLM("Qwen/Qwen2.5-1.5B-Instruct")`` a Hub id in the
         local cache, a folder or a ``.gguf`` (loaded on first use), ``GradguardLLM(scorer=GradScorer(...))``
-        a model already loaded.
+        a model already loaded, ``GradguardLLM(base_url="http://host:8000", api_key=...)`` the model of a
+        ``gradguard serve`` server (same answers, scores and metadata, computed there; docs/clients.md).
 
     Invoke:
         ``llm.chat(messages)``; ``llm.complete(prompt)`` is derived from ``chat`` (the prompt is
@@ -116,8 +118,9 @@ class GradguardLLM(FunctionCallingLLM):
     context_window: int | None = Field(default=None, gt=0, description="Context window to report (None: the model's).")
     generate_kwargs: dict[str, Any] = Field(default_factory=dict, description="Default generation options.")
     task: str | None = Field(default=None, description="Calibration task ('chat', 'rag', ...); None: profile default.")
+    base_url: str | None = Field(default=None, description="A `gradguard serve` server's URL (not with model/scorer).")
 
-    _backend: LocalBackend = PrivateAttr()
+    _backend: LocalBackend | RemoteBackend = PrivateAttr()
     _defaults: GenerationOptions = PrivateAttr()
 
     def __init__(
@@ -131,11 +134,28 @@ class GradguardLLM(FunctionCallingLLM):
         generate_kwargs: dict[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
         task: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
         **kwargs: Any,
     ) -> None:
-        """Create the LLM from a ready ``scorer`` or a ``model`` source (loaded lazily); see the class docs."""
+        """Create the LLM from a ready ``scorer``, a ``model`` source (loaded lazily) or a server's ``base_url``
+        (``api_key``: its key, default ``$GRADGUARD_API_KEY``; ``timeout``: seconds per request); see the class docs."""
+        backend: LocalBackend | RemoteBackend
         try:
-            backend = LocalBackend(model, scorer)
+            if base_url is not None:
+                given = [name for name, v in (("model", model), ("scorer", scorer)) if v is not None]
+                if given:
+                    raise IntegrationError(
+                        f"GradguardLLM got base_url={base_url!r} and {given[0]}=...; pass only one: base_url= for a "
+                        "model served by `gradguard serve`, model=/scorer= for a model in this process"
+                    )
+                backend = RemoteBackend(base_url, api_key=api_key, timeout=timeout)
+            elif api_key is not None:
+                raise IntegrationError("GradguardLLM got api_key= without base_url=: a model in this process needs no "
+                                       "key; pass base_url= for a `gradguard serve` server")
+            else:
+                backend = LocalBackend(model, scorer)
             defaults = GenerationOptions().merged(
                 {"max_new_tokens": max_new_tokens, "task": task, **(generate_kwargs or {})}, owner="GradguardLLM"
             )
@@ -151,6 +171,7 @@ class GradguardLLM(FunctionCallingLLM):
             generate_kwargs=dict(generate_kwargs or {}),
             callback_manager=callback_manager,
             task=task,
+            base_url=base_url,
             **kwargs,
         )
         self._backend, self._defaults = backend, defaults
@@ -162,7 +183,12 @@ class GradguardLLM(FunctionCallingLLM):
 
     @property
     def scorer(self) -> GradScorer:
-        """The :class:`gradguard.GradScorer` (loaded from ``model`` on first access)."""
+        """The :class:`gradguard.GradScorer` (loaded from ``model`` on first access; a remote model has none here)."""
+        if isinstance(self._backend, RemoteBackend):
+            raise GradguardLlamaIndexError(
+                f"GradguardLLM(base_url={self.base_url!r}) has no scorer in this process: the model is served by "
+                "`gradguard serve`; read scores from response.additional_kwargs['gradguard'] (response.raw: the result)"
+            )
         return self._backend.scorer
 
     @property

@@ -20,7 +20,8 @@ from llama_index.core.instrumentation.span.base import BaseSpan
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from gradguard.integrations._core import LocalBackend, score_foreign, unscored_metadata
+from gradguard.integrations._core import LocalBackend, RemoteBackend, score_foreign, unscored_metadata
+from gradguard.integrations._core.remote import ExpectedModel, model_warnings
 from gradguard.integrations.llama_index.utils import (
     CapturedScore,
     GradguardLlamaIndexError,
@@ -123,31 +124,63 @@ class GradguardEventHandler(BaseEventHandler):
     ``complete(formatted=True)``) is left to the chat, scored against its messages; another formatted
     completion is recorded unscored; with ``llm=``, other LLM instances' calls are ignored; a call that cannot
     be attributed, or whose handling fails, is recorded unscored with the reason (fail closed, never raised).
-    GradguardLLM responses are recorded, not rescored. Records are thread-safe, bounded by ``max_records``."""
+    GradguardLLM responses are recorded, not rescored. Records are thread-safe, bounded by ``max_records``.
 
-    scorer: Any = Field(..., exclude=True, description="The gradguard GradScorer over the LLM's model.")
+    Side-car mode: ``GradguardEventHandler(scorer_url="http://127.0.0.1:8000", api_key=...)`` scores on a
+    ``gradguard serve`` server (``/v1/score``) instead of a local scorer (give exactly one), for an LLM served
+    elsewhere (vLLM, Ollama, TGI through ``OpenAILike``/``Ollama``). The LLM's model name (its ``metadata.model_name``
+    or ``model``) is checked against the server's through ``expected_model`` (a scorer name, or a map generator name
+    -> scorer name); a possible mismatch adds a sentence to the metadata's ``warnings`` list, never an exception.
+    A server that cannot be reached records the answer unscored with the error (fail closed)."""
+
+    scorer: Any = Field(None, exclude=True, description="The gradguard GradScorer over the LLM's model.")
+    scorer_url: str | None = Field(None, description="A `gradguard serve` server scoring instead of `scorer`.")
+    expected_model: Any = Field(None, description="Scorer name, or map generator name -> scorer name.")
     llm: Any = Field(None, exclude=True, description="Only score this LLM instance's calls (None: every LLM's).")
     max_records: int = Field(1000, gt=0, description="How many records are kept (oldest dropped first).")
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _records: deque[ScoredCall] = PrivateAttr(default_factory=deque)
-    _backend: LocalBackend = PrivateAttr(default=None)  # type: ignore[assignment]
+    _backend: LocalBackend | RemoteBackend = PrivateAttr(default=None)  # type: ignore[assignment]
     _tracker: _SpanTracker = PrivateAttr(default_factory=_SpanTracker)
     _dispatchers: list[Dispatcher] = PrivateAttr(default_factory=list)
     _seen: weakref.WeakValueDictionary[int, Any] = PrivateAttr(default_factory=weakref.WeakValueDictionary)
     _handled: OrderedDict[str, None] = PrivateAttr(default_factory=OrderedDict)
 
-    def __init__(self, scorer: GradScorer, *, llm: Any = None, max_records: int = 1000, **kwargs: Any) -> None:
-        if not isinstance(scorer, GradScorer):
+    def __init__(
+        self,
+        scorer: GradScorer | None = None,
+        *,
+        llm: Any = None,
+        max_records: int = 1000,
+        scorer_url: str | None = None,
+        api_key: str | None = None,
+        expected_model: ExpectedModel = None,
+        timeout: float = 120.0,
+        **kwargs: Any,
+    ) -> None:
+        if (scorer is None) == (scorer_url is None):
+            raise GradguardLlamaIndexError(
+                "GradguardEventHandler takes exactly one of scorer= (a GradScorer over the LLM's model) and "
+                f"scorer_url= (a `gradguard serve` server); got {'both' if scorer is not None else 'neither'}"
+            )
+        if scorer is not None and not isinstance(scorer, GradScorer):
             raise GradguardLlamaIndexError(
                 f"scorer={scorer!r} is not a gradguard GradScorer; build one with GradScorer(model, tokenizer), "
                 "or use GradguardEventHandler.from_llm(hf_llm)"
             )
         if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records <= 0:
             raise GradguardLlamaIndexError(f"max_records={max_records!r} is not a positive integer; pass e.g. 1000")
-        super().__init__(scorer=scorer, llm=llm, max_records=max_records, **kwargs)
+        super().__init__(scorer=scorer, llm=llm, max_records=max_records, scorer_url=scorer_url,
+                         expected_model=expected_model, **kwargs)
         self._records = deque(maxlen=max_records)
-        self._backend = LocalBackend(scorer=scorer)
+        if scorer_url is not None:
+            try:
+                self._backend = RemoteBackend(scorer_url, api_key=api_key, timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - named for the reader
+                raise GradguardLlamaIndexError(str(exc)) from None
+        else:
+            self._backend = LocalBackend(scorer=scorer)
 
     @classmethod
     def from_llm(cls, llm: Any, *, scorer: GradScorer | None = None, **kwargs: Any) -> GradguardEventHandler:
@@ -249,6 +282,13 @@ class GradguardEventHandler(BaseEventHandler):
             messages.append({"role": "user", "content": event.prompt})
             text = response.text or ""
         result, meta = score_foreign(self._backend, messages, text)
+        if isinstance(self._backend, RemoteBackend):
+            generator = _generator_name(span.instance, response)
+            warnings = model_warnings(generator, [meta.get("model"), self._backend.model_name], self.expected_model)
+            for warning in warnings:
+                logger.warning("gradguard: %s", warning)
+            if warnings:
+                meta["warnings"] = [*meta.get("warnings", []), *warnings]
         self._record(kind, event, meta, result, messages)
         publish_score(CapturedScore(text=text, result=result, metadata=meta, source="handler"))
 
@@ -271,3 +311,23 @@ class GradguardEventHandler(BaseEventHandler):
             self._records.append(record)
             if response is not None:
                 self._seen[id(response)] = response
+
+
+def _generator_name(llm: Any, response: Any) -> str | None:
+    """The name of the model that wrote ``response``: the raw answer's ``model`` (OpenAI-style), else the LLM's
+    ``metadata.model_name`` or ``model`` / ``model_name`` (None when unknown)."""
+    raw = getattr(response, "raw", None)
+    name = raw.get("model") if isinstance(raw, dict) else getattr(raw, "model", None)
+    if isinstance(name, str) and name:
+        return name
+    try:
+        name = llm.metadata.model_name
+    except Exception:  # noqa: BLE001 - an LLM whose metadata fails has no known name
+        name = None
+    if isinstance(name, str) and name and name != "unknown":
+        return name
+    for attr in ("model", "model_name"):
+        value = getattr(llm, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
