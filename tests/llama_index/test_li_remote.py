@@ -21,7 +21,6 @@ from llama_index.core.llms import MockLLM  # noqa: E402
 
 from gradguard import GradScorer, ScoreResult  # noqa: E402
 from gradguard.integrations._core import LocalBackend, RemoteServerError  # noqa: E402
-from gradguard.integrations._core.remote import DEFAULT_CONTEXT_WINDOW  # noqa: E402
 from gradguard.integrations.llama_index import GradguardEventHandler, GradguardLLM  # noqa: E402
 from gradguard.integrations.llama_index.utils import GradguardLlamaIndexError  # noqa: E402
 from gradguard.serving.app import create_app  # noqa: E402
@@ -104,7 +103,7 @@ def test_complete_stream_and_chat_give_the_local_metadata(served: tuple[str, Gra
 def test_metadata_and_construction(served: tuple[str, GradScorer]) -> None:
     url, scorer = served
     remote = GradguardLLM(base_url=url, api_key=KEY)
-    assert remote.metadata.model_name == "tiny-qwen2" and remote.metadata.context_window == DEFAULT_CONTEXT_WINDOW
+    assert remote.metadata.model_name == "tiny-qwen2" and remote.metadata.context_window == scorer.context_window
     with pytest.raises(GradguardLlamaIndexError, match="no scorer in this process"):
         _ = remote.scorer
     with pytest.raises(GradguardLlamaIndexError, match=r"base_url=.*scorer=.*pass only one"):

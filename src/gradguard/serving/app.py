@@ -168,7 +168,9 @@ def create_app(settings: ServerSettings | None = None, *, backend: LocalBackend 
     @app.get("/v1/models", response_model=None)
     async def models() -> Response:
         async def handle() -> Response:
-            item = {"id": served_name(), "object": "model", "created": 0, "owned_by": "gradguard"}
+            item: dict[str, object] = {"id": served_name(), "object": "model", "created": 0, "owned_by": "gradguard"}
+            if engine.ready:
+                item["max_model_len"] = int(engine.backend.scorer.context_window)  # vLLM's name for it
             return JSONResponse({"object": "list", "data": [item]})
 
         return await answer("models", handle)

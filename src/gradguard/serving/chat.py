@@ -20,12 +20,12 @@ from gradguard.errors import GenerationCancelled, GradguardError, InputError
 from gradguard.integrations._core.metadata import METADATA_KEY, unscored_metadata
 from gradguard.integrations._core.options import GenerationOptions
 from gradguard.integrations._core.streaming import StreamPiece, _TokenFeed, stream_generation
-from gradguard.integrations._core.tool_turn import ToolTurn, TurnPiece
+from gradguard.integrations._core.tool_turn import ToolTurn, TurnPiece, reasoning_spans
 from gradguard.integrations._core.tools import ToolBinding
 from gradguard.result import ScoreResult
 from gradguard.serving.engine import ClientGone, Engine, ThreadStream, timeout_error
 from gradguard.serving.errors import ApiError
-from gradguard.serving.schema import ChatRequest, chat_messages
+from gradguard.serving.schema import ChatRequest, chat_messages, has_tool_history
 from gradguard.serving.wire import RESULT_KEY, TURN_KEY, json_safe, result_to_wire
 
 __all__ = ["ChatJob", "DEFAULT_MAX_TOKENS"]
@@ -63,9 +63,12 @@ class ChatJob:
         self.max_tokens = asked if asked is not None else min(DEFAULT_MAX_TOKENS, s.max_tokens_limit)
         self.task = task
         self.binding: ToolBinding | None = None
-        if req.tools:
+        choice = req.tool_choice
+        if req.tools or choice not in (None, "auto", "none") or has_tool_history(req.messages):
+            # As the integrations do: a tool history without tools bound still goes through a binding (choice none).
             try:
-                self.binding = engine.backend.bind(req.tools, req.tool_choice)
+                bound = choice if req.tools or choice not in (None, "auto") else "none"
+                self.binding = engine.backend.bind(req.tools or [], bound)
             except InputError as exc:
                 param = "tool_choice" if type(exc).__name__ == "ToolChoiceError" else "tools"
                 raise ApiError(400, str(exc), param=param) from None
@@ -81,10 +84,12 @@ class ChatJob:
         """The micro-batcher's request for one plain-text choice."""
         r = self.req
         sample = bool(r.temperature)
+        spans = None if r.score_reasoning else reasoning_spans(self.engine.backend.scorer.tokenizer)
         return GenerationRequest(
             messages=self.messages, max_new_tokens=self.max_tokens, do_sample=sample,
-            temperature=r.temperature if sample else None, top_p=r.top_p if sample else None, stop=r.stops(),
-            top_logprobs=r.top_logprobs or 0, task=self.task, max_time=self.engine.settings.request_timeout_s,
+            temperature=r.temperature if sample else None, top_p=r.top_p if sample else None,
+            top_k=r.top_k if sample else None, stop=r.stops(), top_logprobs=r.top_logprobs or 0, task=self.task,
+            max_time=self.engine.settings.request_timeout_s, spans=spans,
         )
 
     def options(self) -> GenerationOptions:
@@ -92,6 +97,7 @@ class ChatJob:
         r = self.req
         return GenerationOptions(
             max_new_tokens=self.max_tokens, temperature=r.temperature, top_p=r.top_p if r.temperature else None,
+            top_k=r.top_k if r.temperature else None,
             stop=r.stops(), logprobs=bool(r.logprobs), top_logprobs=r.top_logprobs, task=self.task,
             timeout=self.engine.settings.request_timeout_s,
         )
@@ -176,7 +182,9 @@ class ChatJob:
 
     def _turn_iterator(self, stream: ThreadStream) -> Iterator[TurnPiece]:
         assert self.binding is not None
-        return self.engine.backend.stream_turn(self.messages, self.binding, self.options())
+        return self.engine.backend.stream_turn(
+            self.messages, self.binding, self.options(), reasoning=not self.req.score_reasoning
+        )
 
     async def _guarded(self, stream: ThreadStream, disconnected: Any) -> AsyncIterator[Any]:
         """``stream``'s items, cancelling it on a disconnect (ClientGone) or past the deadline (504)."""

@@ -15,7 +15,9 @@ from gradguard.integrations._core.options import MAX_TOP_LOGPROBS
 from gradguard.serving.errors import ApiError, loc_to_param
 from gradguard.serving.wire import RESULT_FIELD
 
-__all__ = ["ChatMessage", "ChatRequest", "ScoreRequest", "StreamOptions", "parse_body", "chat_messages"]
+__all__ = [
+    "ChatMessage", "ChatRequest", "ScoreRequest", "StreamOptions", "parse_body", "chat_messages", "has_tool_history",
+]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -66,6 +68,10 @@ class ChatRequest(_Base):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1, description="An extension (as vLLM's): sample among the k most likely.")
+    score_reasoning: bool = Field(
+        False, description="An extension: score a <think> section too (default: it is left out of every score)."
+    )
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1)
     logprobs: bool | None = None
@@ -102,6 +108,8 @@ class ChatRequest(_Base):
         for name in ("frequency_penalty", "presence_penalty"):
             if extra.get(name) not in (None, 0, 0.0):
                 refuse(name, "penalties would change the scored distribution; omit it or pass 0")
+        if extra.get("repetition_penalty") not in (None, 1, 1.0):
+            refuse("repetition_penalty", "a penalty would change the scored distribution; omit it or pass 1")
         if extra.get("logit_bias"):
             refuse("logit_bias", "biases would change the scored distribution; omit it")
         if extra.get("parallel_tool_calls") is False:
@@ -150,6 +158,12 @@ def parse_body(raw: bytes, model: type[ChatRequest] | type[ScoreRequest]) -> Any
         err = exc.errors()[0]
         param = loc_to_param(err.get("loc", ()))
         raise ApiError(400, f"{param}: {err.get('msg')}", param=param) from None
+
+
+def has_tool_history(messages: list[ChatMessage]) -> bool:
+    """True when a past message is a tool result or holds tool calls (the turn then goes through a tool binding,
+    with no tools bound, so the history is rendered as the model's template writes it)."""
+    return any(m.role == "tool" or m.tool_calls for m in messages)
 
 
 def chat_messages(messages: list[ChatMessage], *, tools: bool) -> list[dict[str, Any]]:
