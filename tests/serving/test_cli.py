@@ -31,3 +31,21 @@ def test_missing_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(sys.modules, "fastapi", None)
     with pytest.raises(MissingExtraError, match=r"gradguard\[serve\]"):
         serve(ServerSettings())
+
+
+def test_ray_flags_reach_serve_with_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradguard.serving.ray as ray_module
+
+    seen: dict[str, object] = {}
+
+    def fake(settings: ServerSettings, **kwargs: object) -> None:
+        seen.update(kwargs, settings=settings)
+
+    monkeypatch.setattr(ray_module, "serve_with_ray", fake)
+    argv = ["serve", "--ray", "--replicas", "3", "--num-cpus-per-replica", "0.5", "--num-gpus-per-replica", "0.25",
+            "--ray-address", "auto", "--max-queued-requests", "7", "--max-batch", "4"]  # fmt: skip
+    assert main(argv) == 0
+    assert (seen["replicas"], seen["num_cpus"], seen["num_gpus"], seen["address"]) == (3, 0.5, 0.25, "auto")
+    assert seen["max_queued_requests"] == 7 and seen["max_ongoing_requests"] is None
+    assert isinstance(seen["settings"], ServerSettings) and seen["settings"].max_batch == 4
+    assert main(["serve", "--ray", "--replicas", "0"]) == 2  # named error, exit status 2

@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import Any
 
+from gradguard.errors import GradguardError
 from gradguard.serving.settings import ServerSettings, check_bind
 
 __all__ = ["register", "settings_from_args", "serve"]
@@ -29,7 +30,14 @@ def register(sub: Any) -> None:
     p.add_argument("--max-n", type=int, default=8, help="most completions per request")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
     p.add_argument("--ray", action="store_true", help="serve with Ray Serve (pip install 'gradguard[ray]')")
-    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
+    p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas, one model each (with --ray)")
+    p.add_argument("--num-cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves per replica (fractional)")
+    p.add_argument("--num-gpus-per-replica", type=float, default=0.0, help="GPUs Ray reserves per replica (fractional)")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto', or ray://HOST:10001)")
+    p.add_argument("--max-ongoing-requests", type=int, default=None,
+                   help="requests Ray sends one replica at a time (default: 2 x --max-batch)")
+    p.add_argument("--max-queued-requests", type=int, default=None,
+                   help="requests Ray's proxy holds before answering 429 (default: --max-queue)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -63,7 +71,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.ray:
         from gradguard.serving.ray import serve_with_ray
 
-        serve_with_ray(settings, replicas=args.replicas)
+        if args.replicas < 1:
+            raise GradguardError(f"--replicas {args.replicas}: run at least one replica")
+        serve_with_ray(
+            settings, replicas=args.replicas, num_cpus=args.num_cpus_per_replica, num_gpus=args.num_gpus_per_replica,
+            address=args.ray_address, max_ongoing_requests=args.max_ongoing_requests,
+            max_queued_requests=args.max_queued_requests,
+        )
         return 0
     serve(settings)
     return 0
