@@ -10,7 +10,8 @@ Runs offline on the embedded model (Qwen2.5-Coder-0.5B-Instruct):
 2. The official ``openai`` client asks it a question, unchanged: each choice carries its ``gradguard`` object
    (``choice.model_extra["gradguard"]``): the calibrated confidence, the uncertainties, the task.
 3. Side-car: an application whose answers come from another engine — here a stand-in chat model returning fixed
-   answers and naming itself as Ollama would (``qwen2.5-coder:0.5b``) — gets each answer scored by the server's
+   answers (the served model's own answer from step 2, and a wrong one) and naming itself as Ollama would
+   (``qwen2.5-coder:0.5b``) — gets each answer scored by the server's
    ``/v1/score`` through ``GradguardCallbackHandler(scorer_url=...)``. Without an alias map the handler warns that
    the generator's model name differs from the scorer's; with ``expected_model={...}`` it does not.
 
@@ -43,7 +44,7 @@ def start_server(port: int, key: str) -> subprocess.Popen[bytes]:
     """``gradguard serve`` in a subprocess, once it answers /readyz."""
     env = {**os.environ, "GRADGUARD_API_KEY": key}
     cmd = [sys.executable, "-m", "gradguard.cli", "serve", "--port", str(port), "--max-wait-ms", "20"]
-    server = subprocess.Popen(cmd, env=env)
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)  # uvicorn's access log; errors stay on stderr
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -80,7 +81,9 @@ def main() -> None:
               f"hybridgrad={meta['uncertainty']['hybridgrad']:.3e} (larger = less confident)")  # fmt: skip
 
         # 3. Side-car: answers generated elsewhere, scored by the server.
-        answers = ["Charles Darwin proposed it.", "Isaac Newton proposed it in 1687."]
+        # The first answer is the one the served model just wrote (as if vLLM had generated it with the same
+        # weights): its side-car score equals the chat completion's. The second is a wrong answer it would not write.
+        answers = [choice.message.content or "", "Isaac Newton proposed it in 1687."]
         for expected in (None, {"qwen2.5-coder:0.5b": EMBEDDED_MODEL_ID}):
             handler = GradguardCallbackHandler(scorer_url=url, api_key=key, expected_model=expected)
             generator = GenericFakeChatModel(
