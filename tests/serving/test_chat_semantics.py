@@ -58,3 +58,28 @@ def test_top_k_is_honoured_and_repetition_penalty_refused_by_name(client: TestCl
 
 def test_models_report_the_context_window(client: TestClient, scorer: GradScorer) -> None:
     assert client.get("/v1/models").json()["data"][0]["max_model_len"] == scorer.context_window
+
+
+def test_messages_the_template_cannot_render_are_a_400_naming_messages() -> None:
+    import copy
+
+    from gradguard.testing import make_tiny_model
+
+    model, tok = make_tiny_model("qwen2")
+    strict = copy.deepcopy(tok)
+    strict.chat_template = (
+        "{% for m in messages %}{% if loop.index0 % 2 == 0 and m['role'] != 'user' %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    picky = GradScorer(model, strict, model_name="tiny-strict", spt_offset=-1)
+    from gradguard.serving.app import create_app
+
+    with TestClient(create_app(ServerSettings(max_wait_ms=0), backend=LocalBackend(scorer=picky))) as client:
+        bad = [{"role": "assistant", "content": "hi"}]
+        for path, body in (("/v1/chat/completions", {"messages": bad, "max_tokens": 2}),
+                           ("/v1/score", {"messages": bad, "response": "x"})):  # fmt: skip
+            r = client.post(path, json=body)
+            assert r.status_code == 400, (path, r.text)
+            error = r.json()["error"]
+            assert error["param"] == "messages" and "alternate" in error["message"], error
