@@ -492,3 +492,72 @@ def test_importing_batching_imports_no_framework() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=WAIT)
+
+
+def test_a_group_is_scored_in_one_batched_pass(scorer: GradScorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradguard.scorer as scorer_module
+
+    calls: list[int] = []
+    real = scorer_module.fast_scores_rows
+
+    def counting(model: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(rows))
+        return real(model, rows, *args, **kwargs)
+
+    monkeypatch.setattr(scorer_module, "fast_scores_rows", counting)
+    requests = [
+        GenerationRequest(messages=ask(PROMPTS[0]), max_new_tokens=6, top_logprobs=3),
+        GenerationRequest(messages=ask(PROMPTS[1]), max_new_tokens=9),
+        GenerationRequest(messages=ask(PROMPTS[2]), max_new_tokens=4, top_logprobs=1),
+    ]
+    results = [ok(r) for r in generate_batch(scorer, requests)]
+    assert calls == [3]
+    for request, result in zip(requests, results, strict=True):
+        assert_scores_as_alone(scorer, result, request)
+        alone = scorer.score(request.messages, list(result.token_ids), top_logprobs=request.top_logprobs)
+        if request.top_logprobs:
+            assert result.top_logprobs is not None and alone.top_logprobs is not None
+            assert [[t for t, _ in pos] for pos in result.top_logprobs] == [
+                [t for t, _ in pos] for pos in alone.top_logprobs
+            ]
+            assert all(len(pos) == request.top_logprobs for pos in result.top_logprobs)
+        else:
+            assert result.top_logprobs is None
+    assert len({r.timings.score_s for r in results}) == 1
+
+
+def test_a_failing_batched_pass_falls_back_to_scoring_alone(
+    scorer: GradScorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gradguard.scorer as scorer_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("batched pass failed")
+
+    monkeypatch.setattr(scorer_module, "fast_scores_rows", broken)
+    requests = [GenerationRequest(messages=ask(p), max_new_tokens=5) for p in PROMPTS[:2]]
+    results = [ok(r) for r in generate_batch(scorer, requests)]
+    for request, result in zip(requests, results, strict=True):
+        assert_scores_as_alone(scorer, result, request)
+
+
+def test_score_requests_isolates_a_failing_item(scorer: GradScorer) -> None:
+    from gradguard.scorer import ScoreRequest
+
+    def broken(ids: list[int]) -> SpanPlan:
+        raise ValueError("boom")
+
+    prompts = [scorer.prompt_ids(ask(p)) for p in PROMPTS]
+    answers = [[int(i) for i in scorer.tokenizer(t, add_special_tokens=False)["input_ids"]] for t in ("a cat", "4", "")]
+    items = [
+        ScoreRequest(prompts[0], scorer._spt_position(prompts[0]), [answers[0]], spans=broken),
+        ScoreRequest(prompts[1], scorer._spt_position(prompts[1]), [answers[1]]),
+        ScoreRequest(prompts[2], scorer._spt_position(prompts[2]), [answers[2]]),  # empty: NaN scores
+    ]
+    bad, good, empty = scorer._score_requests(items)
+    assert isinstance(bad, GradguardError) and "boom" in str(bad)
+    assert isinstance(good, list) and isinstance(empty, list)
+    alone = scorer._score_ids(prompts[1], scorer._spt_position(prompts[1]), [answers[1]], cache=None)[0]
+    for key in KEYS:
+        assert getattr(good[0], key) == pytest.approx(getattr(alone, key), rel=1e-4), key
+    assert empty[0].empty

@@ -194,7 +194,8 @@ def _generate_group(
     cancels: Sequence[threading.Event | None],
     out: list[ScoreResult | GradguardError | None],
 ) -> None:
-    """Generate ``rows`` (same sampling settings) in one left-padded call, then score each answer alone."""
+    """Generate ``rows`` (same sampling settings) in one left-padded call, then score the answers in one batched
+    pass (each answer's scores as if scored alone)."""
     import torch
     from transformers.generation.stopping_criteria import StoppingCriteriaList
 
@@ -243,6 +244,9 @@ def _generate_group(
         for i in range(len(rows)):
             criteria.finish(i)  # end() every streamer, also on error or when generation ended for another reason
     generate_s = time.perf_counter() - started
+    from gradguard.scorer import ScoreRequest
+
+    ready: list[tuple[_Row, ScoreRequest]] = []
     for i, row in enumerate(rows):
         cancel = cancels[i]
         if criteria.errors[i] is not None:
@@ -258,20 +262,55 @@ def _generate_group(
             reason: FinishReason = (
                 "length" if not (ended or stopped) and len(generated) >= row.max_new_tokens else "stop"
             )
-            out[row.slot] = scorer._score_ids(
-                row.prompt,
-                row.position,
-                [row.forced + answer],
-                cache=None,
-                generate_s=generate_s,
-                task=row.task,
-                finish_reasons=[reason],
-                top_logprobs=row.top_logprobs,
-                n_prefill=len(row.forced),
-                spans=row.request.spans,
-            )[0]
-        except Exception as exc:  # noqa: BLE001 - e.g. a failing spans function: this request fails alone
+        except Exception as exc:  # noqa: BLE001 - this request fails alone
             out[row.slot] = _as_error(exc, "scoring failed")
+            continue
+        item = ScoreRequest(
+            row.prompt,
+            row.position,
+            [row.forced + answer],
+            task=row.task,
+            finish_reasons=[reason],
+            top_logprobs=row.top_logprobs,
+            n_prefill=len(row.forced),
+            spans=row.request.spans,
+            generate_s=generate_s,
+        )
+        ready.append((row, item))
+    _score_group(scorer, ready, out)
+
+
+def _score_group(
+    scorer: GradScorer,
+    ready: Sequence[tuple[_Row, Any]],
+    out: list[ScoreResult | GradguardError | None],
+) -> None:
+    """Score the group's answers in one batched pass; if that pass fails, score each answer alone instead."""
+    if not ready:
+        return
+    try:
+        scored = scorer._score_requests([item for _, item in ready])
+    except Exception:  # noqa: BLE001 - one bad request must not sink the others: score them one by one
+        logger.exception("the batched scoring pass failed; scoring each answer alone")
+        for row, item in ready:
+            try:
+                out[row.slot] = scorer._score_ids(
+                    item.prompt,
+                    item.position,
+                    item.ids,
+                    cache=None,
+                    generate_s=item.generate_s,
+                    task=item.task,
+                    finish_reasons=item.finish_reasons,
+                    top_logprobs=item.top_logprobs,
+                    n_prefill=item.n_prefill,
+                    spans=item.spans,
+                )[0]
+            except Exception as exc:  # noqa: BLE001 - e.g. a failing spans function: this request fails alone
+                out[row.slot] = _as_error(exc, "scoring failed")
+        return
+    for (row, _), entry in zip(ready, scored, strict=True):
+        out[row.slot] = entry[0] if isinstance(entry, list) else _as_error(entry, "scoring failed")
 
 
 def generate_batch(

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -29,7 +29,7 @@ from gradguard.errors import InputError
 from gradguard.head_gradient import TokenStats, head_gradients, token_stats
 from gradguard.result import HiddenStates
 
-__all__ = ["RawScores", "fast_scores", "crop_cache", "decoder_layers", "logit_softcap"]
+__all__ = ["RawScores", "ScoreRow", "fast_scores", "fast_scores_rows", "crop_cache", "decoder_layers", "logit_softcap"]
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,6 @@ def fast_scores(
     consumed. Without one the prefix is prefilled here without a graph.
     """
     batch = len(responses)
-    device = model.device
     spans = _check_windows(responses, windows)
     full = list(full_stats) if full_stats is not None else [True] * batch
     if len(full) != batch:
@@ -265,13 +264,120 @@ def fast_scores(
         raise AssertionError(f"cache batch {cache_batch} does not match {batch} responses")
 
     tail = list(prompt_ids[s:])
-    segments = [tail + list(r[:-1]) for r in responses]
-    width = max(len(seg) for seg in segments)
-    pad = 0
-    ids = torch.full((batch, width), pad, dtype=torch.long, device=device)
-    for b, seg in enumerate(segments):
-        ids[b, : len(seg)] = torch.tensor(seg, dtype=torch.long)
+    ids, _ = _right_padded([tail + list(r[:-1]) for r in responses], model.device)
+    first = len(tail) - 1  # segment index that predicts the first response token
+    return _score_pass(
+        model,
+        ids,
+        cropped,
+        [(first, list(r), w, f) for r, w, f in zip(responses, spans, full, strict=True)],
+        layer_span,
+        hidden_layers,
+        top_logprobs,
+    )
 
+
+class ScoreRow(NamedTuple):
+    """One row of :func:`fast_scores_rows`: a response to a prompt, scored with its own semantic-preserving
+    position and loss window (``None``: the whole response); ``full_stats`` as in :func:`fast_scores`."""
+
+    prompt_ids: Sequence[int]
+    spt_position: int
+    response: Sequence[int]
+    window: tuple[int, int] | None = None
+    full_stats: bool = True
+
+
+def fast_scores_rows(
+    model: PreTrainedModel,
+    rows: Sequence[ScoreRow],
+    layer_span: tuple[int, int],
+    hidden_layers: Sequence[int] = (),
+    top_logprobs: int = 0,
+) -> list[RawScores]:
+    """Score rows with *different* prompts (and semantic-preserving positions) in one batched pass.
+
+    Each row's result equals :func:`fast_scores` on that row alone, up to float error from padding:
+    the prefixes ``prompt[:s]`` are prefilled together, left-padded (masked, with positions counted from
+    each row's first real token), and the segments ``prompt[s:] + response[:-1]`` then run right-padded,
+    each at positions ``s, s+1, …`` of its own row, so segment index 0 is every row's position ``s``.
+    """
+    rows = [ScoreRow(*row) for row in rows]
+    if not rows:
+        return []
+    device = model.device
+    spans = _check_windows([row.response for row in rows], [row.window for row in rows])
+    positions = [int(row.spt_position) for row in rows]
+    for row, s in zip(rows, positions, strict=True):
+        if not 0 <= s < len(row.prompt_ids):
+            raise InputError(
+                f"spt_position {s} is outside the prompt of {len(row.prompt_ids)} tokens; "
+                "pass a position inside the prompt"
+            )
+    prefixes = [list(row.prompt_ids[:s]) for row, s in zip(rows, positions, strict=True)]
+    width_s = max(positions)
+    prefix_mask = torch.zeros((len(rows), width_s), dtype=torch.long, device=device)
+    for b, prefix in enumerate(prefixes):
+        if prefix:
+            prefix_mask[b, width_s - len(prefix) :] = 1
+    cache = DynamicCache(config=model.config)
+    if width_s:
+        prefix_ids = torch.zeros((len(rows), width_s), dtype=torch.long, device=device)
+        for b, prefix in enumerate(prefixes):
+            if prefix:
+                prefix_ids[b, width_s - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
+        position_ids = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            model.get_decoder()(
+                input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=position_ids, cache=cache, use_cache=True
+            )
+    tails = [list(row.prompt_ids[s:]) for row, s in zip(rows, positions, strict=True)]
+    ids, segment_mask = _right_padded(
+        [tail + list(row.response[:-1]) for tail, row in zip(tails, rows, strict=True)], device
+    )
+    offsets = torch.tensor(positions, dtype=torch.long, device=device).unsqueeze(1)
+    segment_positions = offsets + torch.arange(ids.shape[1], device=device).unsqueeze(0)
+    return _score_pass(
+        model,
+        ids,
+        cache,
+        [(len(t) - 1, list(row.response), w, row.full_stats) for t, row, w in zip(tails, rows, spans, strict=True)],
+        layer_span,
+        hidden_layers,
+        top_logprobs,
+        attention_mask=torch.cat([prefix_mask, segment_mask], dim=1),
+        position_ids=segment_positions,
+    )
+
+
+def _right_padded(segments: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``segments`` right-padded with token 0 into a (B, width) id tensor, and the matching 0/1 mask."""
+    width = max(len(seg) for seg in segments)
+    ids = torch.zeros((len(segments), width), dtype=torch.long, device=device)
+    mask = torch.zeros((len(segments), width), dtype=torch.long, device=device)
+    for b, seg in enumerate(segments):
+        ids[b, : len(seg)] = torch.tensor(list(seg), dtype=torch.long)
+        mask[b, : len(seg)] = 1
+    return ids, mask
+
+
+def _score_pass(
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    cache: DynamicCache,
+    rows: Sequence[tuple[int, list[int], tuple[int, int], bool]],
+    layer_span: tuple[int, int],
+    hidden_layers: Sequence[int],
+    top_logprobs: int,
+    **decoder_kwargs: Any,
+) -> list[RawScores]:
+    """The graph pass over the segments ``ids`` (B, width) after ``cache`` (consumed), and each row's scores.
+
+    Segment index 0 of every row is its semantic-preserving position; ``rows[b] = (first, response, (lo, hi),
+    full)``: segment index ``first`` predicts the response's first token, the loss covers tokens ``lo … hi−1``,
+    and ``full`` also returns the statistics of the tokens before the window.
+    """
+    device = model.device
     layers = decoder_layers(model)
     start, stop = layer_span
     hidden_layers = tuple(int(i) for i in hidden_layers)
@@ -290,7 +396,7 @@ def fast_scores(
             _capture_layer_inputs(layers, [i for i in hidden_layers if i < len(layers)], layer_inputs),
             _graph_from_layer(layers, start, stop, captured),
         ):
-            out = model.get_decoder()(input_ids=ids, cache=cropped, use_cache=True)
+            out = model.get_decoder()(input_ids=ids, cache=cache, use_cache=True, **decoder_kwargs)
             torch.set_grad_enabled(True)
             u = out.last_hidden_state  # (B, width, d), the LM-head input, with a graph above `start`
     finally:
@@ -298,14 +404,13 @@ def fast_scores(
 
     weight = model.get_output_embeddings().weight
     cap = logit_softcap(model)
-    first = len(tail) - 1  # segment index that predicts the first response token
     grad_u = torch.zeros_like(u)
     heads = []
     tops: list[list[list[tuple[int, float]]] | None] = []
     with torch.no_grad():
-        for b, (resp, (lo, hi)) in enumerate(zip(responses, spans, strict=True)):
-            stats_from = 0 if full[b] else lo
-            targets = torch.tensor(list(resp[stats_from:hi]), dtype=torch.long, device=device)
+        for b, (first, resp, (lo, hi), full) in enumerate(rows):
+            stats_from = 0 if full else lo
+            targets = torch.tensor(resp[stats_from:hi], dtype=torch.long, device=device)
             u_b = u[b, first + stats_from : first + hi].detach()
             stats = token_stats(u_b, weight, targets, cap)
             k = lo - stats_from
@@ -320,7 +425,7 @@ def fast_scores(
     results = []
     for b, (stats, head, k) in enumerate(heads):
         sem_l1 = sum(float(g[b, 0].float().abs().sum()) for g in grads)
-        lo, hi = spans[b]
+        first, _, (lo, hi), _ = rows[b]
         results.append(
             RawScores(
                 semgrad=sem_l1 / (n_layers * width_d),
@@ -334,5 +439,5 @@ def fast_scores(
                 window_offset=k,
             )
         )
-    del grads, u, captured, cropped, grad_u, layer_inputs
+    del grads, u, captured, cache, grad_u, layer_inputs
     return results

@@ -6,6 +6,7 @@ All scores are uncertainties — larger means the model is less sure of its answ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import threading
@@ -19,8 +20,14 @@ from transformers import DynamicCache, GenerationMixin, PreTrainedModel, PreTrai
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 from gradguard.calibration.model import predict, required_layers
-from gradguard.errors import ContextLengthError, GenerationCancelled, InputError, UnsupportedModelError
-from gradguard.fast_path import RawScores, decoder_layers, fast_scores
+from gradguard.errors import (
+    ContextLengthError,
+    GenerationCancelled,
+    GradguardError,
+    InputError,
+    UnsupportedModelError,
+)
+from gradguard.fast_path import RawScores, ScoreRow, decoder_layers, fast_scores, fast_scores_rows
 from gradguard.loading import load_model
 from gradguard.oracle import oracle_scores
 from gradguard.profiles import Profile, ProfileError, ProfileWarning, manual_profile, resolve_profile
@@ -74,6 +81,27 @@ class SpanPlan(NamedTuple):
 
 #: Maps an answer's token ids (prefill included) to the spans to score.
 SpanFn = Callable[[list[int]], SpanPlan]
+
+
+class ScoreRequest(NamedTuple):
+    """One request's answers to score in :meth:`GradScorer._score_requests` (arguments as in ``_score_ids``)."""
+
+    prompt: list[int]
+    position: int
+    ids: list[list[int]]
+    task: str | None = None
+    finish_reasons: Sequence[FinishReason | None] | None = None
+    top_logprobs: int = 0
+    n_prefill: int = 0
+    spans: SpanFn | None = None
+    generate_s: float | None = None
+
+
+def _wrapped(exc: BaseException, what: str) -> GradguardError:
+    err = GradguardError(f"{what}: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
 
 #: The most alternatives per token ``top_logprobs`` may ask for (OpenAI's limit).
 MAX_TOP_LOGPROBS = 20
@@ -458,46 +486,33 @@ class GradScorer:
             )
         return SpanPlan((int(main[0]), int(main[1])), [(int(a), int(b)) for a, b in plan.parts])
 
-    def _score_ids(
-        self,
-        prompt: list[int],
-        position: int,
-        ids: list[list[int]],
-        cache: DynamicCache | None,
-        generate_s: float | None = None,
-        task: str | None = None,
-        finish_reasons: Sequence[FinishReason | None] | None = None,
-        top_logprobs: int = 0,
-        n_prefill: int = 0,
-        spans: SpanFn | None = None,
-    ) -> list[ScoreResult]:
-        name = task or self.task
-        cal = self.calibration_for(name)
-        started = time.perf_counter()
-        plans = [self._plan(r, n_prefill, spans) for r in ids]
-        # One row per answer (its main range) plus one per part; an empty main range is not scored.
-        rows: list[tuple[int, tuple[int, int], bool]] = []  # (answer index, window, full statistics)
+    @staticmethod
+    def _rows_of(ids: Sequence[Sequence[int]], plans: Sequence[SpanPlan]) -> list[tuple[int, tuple[int, int], bool]]:
+        """The scoring rows ``(answer index, window, full statistics)``: one per answer (its main range) plus one
+        per part; an answer with an empty main range gets none."""
+        rows: list[tuple[int, tuple[int, int], bool]] = []
         for i, (r, plan) in enumerate(zip(ids, plans, strict=True)):
             main = plan.main or (0, len(r))
             if main[0] < main[1]:
                 rows.append((i, main, True))
                 rows.extend((i, part, False) for part in plan.parts)
-        raws: list[RawScores] = []
-        if rows:
-            if cache is not None and len(ids) > 1 and len(rows) != len(ids):
-                cache = None  # a batched cache no longer lines up with the rows; rebuild the prefix
-            raws = fast_scores(
-                self.model,
-                prompt,
-                [ids[i] for i, _, _ in rows],
-                position,
-                self.layer_span,
-                cache=cache,
-                hidden_layers=self._layers_for(cal),
-                top_logprobs=top_logprobs,
-                windows=[w for _, w, _ in rows],
-                full_stats=[f for _, _, f in rows],
-            )
+        return rows
+
+    def _assemble(
+        self,
+        prompt: Sequence[int],
+        ids: Sequence[Sequence[int]],
+        plans: Sequence[SpanPlan],
+        rows: Sequence[tuple[int, tuple[int, int], bool]],
+        raws: Sequence[RawScores],
+        *,
+        name: str,
+        cal: TaskCalibration | None,
+        finish_reasons: Sequence[FinishReason | None] | None,
+        top_logprobs: int,
+        generate_s: float | None,
+    ) -> list[ScoreResult]:
+        """The results of ``ids`` from their rows' raw scores (timings still to be set)."""
         by_answer: dict[int, list[RawScores]] = {}
         for (i, _, _), raw in zip(rows, raws, strict=True):
             by_answer.setdefault(i, []).append(raw)
@@ -515,14 +530,122 @@ class GradScorer:
                 for raw in found[1:]
             )
             results.append(result.model_copy(update={"parts": parts}) if parts else result)
-        elapsed = (time.perf_counter() - started) / max(1, len(ids))
-        timings = Timings(generate_s=generate_s, score_s=elapsed)
+        return results
+
+    @staticmethod
+    def _timed(results: Sequence[ScoreResult], generate_s: float | None, score_s: float) -> list[ScoreResult]:
+        timings = Timings(generate_s=generate_s, score_s=score_s)
         return [
             r.model_copy(
                 update={"timings": timings, "parts": tuple(p.model_copy(update={"timings": timings}) for p in r.parts)}
             )
             for r in results
         ]
+
+    def _score_ids(
+        self,
+        prompt: list[int],
+        position: int,
+        ids: list[list[int]],
+        cache: DynamicCache | None,
+        generate_s: float | None = None,
+        task: str | None = None,
+        finish_reasons: Sequence[FinishReason | None] | None = None,
+        top_logprobs: int = 0,
+        n_prefill: int = 0,
+        spans: SpanFn | None = None,
+    ) -> list[ScoreResult]:
+        name = task or self.task
+        cal = self.calibration_for(name)
+        started = time.perf_counter()
+        plans = [self._plan(r, n_prefill, spans) for r in ids]
+        rows = self._rows_of(ids, plans)
+        raws: list[RawScores] = []
+        if rows:
+            if cache is not None and len(ids) > 1 and len(rows) != len(ids):
+                cache = None  # a batched cache no longer lines up with the rows; rebuild the prefix
+            raws = fast_scores(
+                self.model,
+                prompt,
+                [ids[i] for i, _, _ in rows],
+                position,
+                self.layer_span,
+                cache=cache,
+                hidden_layers=self._layers_for(cal),
+                top_logprobs=top_logprobs,
+                windows=[w for _, w, _ in rows],
+                full_stats=[f for _, _, f in rows],
+            )
+        results = self._assemble(
+            prompt, ids, plans, rows, raws, name=name, cal=cal, finish_reasons=finish_reasons,
+            top_logprobs=top_logprobs, generate_s=generate_s,
+        )  # fmt: skip
+        elapsed = (time.perf_counter() - started) / max(1, len(ids))
+        return self._timed(results, generate_s, elapsed)
+
+    def _score_requests(self, items: Sequence[ScoreRequest]) -> list[list[ScoreResult] | GradguardError]:
+        """Score the answers of several requests (different prompts) in one batched pass per set of hidden layers.
+
+        Each item's results equal :meth:`_score_ids` on it alone (``cache=None``), up to float error from
+        padding; ``score_s`` is the batched work's time divided by the number of answers. An item whose
+        planning fails (a failing ``spans`` function, say) gets its error; the others are scored. An error
+        of the batched pass itself is raised (the caller may then score the items one by one).
+        """
+        started = time.perf_counter()
+        out: list[list[ScoreResult] | GradguardError | None] = [None] * len(items)
+        planned: list[tuple[int, str, TaskCalibration | None, list[SpanPlan], list[tuple[int, tuple[int, int], bool]]]]
+        planned = []
+        for j, item in enumerate(items):
+            try:
+                name = item.task or self.task
+                cal = self.calibration_for(name)
+                plans = [self._plan(r, item.n_prefill, item.spans) for r in item.ids]
+                planned.append((j, name, cal, plans, self._rows_of(item.ids, plans)))
+            except Exception as exc:  # noqa: BLE001 - this item fails alone
+                out[j] = exc if isinstance(exc, GradguardError) else _wrapped(exc, "scoring failed")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, (_, _, cal, _, _) in enumerate(planned):
+            groups.setdefault(self._layers_for(cal), []).append(k)
+        raws_of: dict[int, list[RawScores]] = {}
+        for layers, members in groups.items():
+            batch: list[ScoreRow] = []
+            owners: list[int] = []
+            for k in members:
+                j, _, _, _, rows = planned[k]
+                item = items[j]
+                for i, window, full in rows:
+                    batch.append(ScoreRow(item.prompt, item.position, item.ids[i], window, full))
+                    owners.append(k)
+            top_k = max((items[planned[k][0]].top_logprobs for k in members), default=0)
+            raws = (
+                fast_scores_rows(self.model, batch, self.layer_span, hidden_layers=layers, top_logprobs=top_k)
+                if batch
+                else []
+            )
+            for k, raw in zip(owners, raws, strict=True):
+                want = items[planned[k][0]].top_logprobs
+                if raw.top_logprobs is not None:
+                    trimmed = [t[:want] for t in raw.top_logprobs] if want else None
+                    raw = dataclasses.replace(raw, top_logprobs=trimmed)
+                raws_of.setdefault(k, []).append(raw)
+        assembled: list[tuple[int, list[ScoreResult]]] = []
+        n_answers = 0
+        for k, (j, name, cal, plans, rows) in enumerate(planned):
+            item = items[j]
+            try:
+                results = self._assemble(
+                    item.prompt, item.ids, plans, rows, raws_of.get(k, []), name=name, cal=cal,
+                    finish_reasons=item.finish_reasons, top_logprobs=item.top_logprobs, generate_s=item.generate_s,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - this item fails alone
+                out[j] = exc if isinstance(exc, GradguardError) else _wrapped(exc, "scoring failed")
+                continue
+            assembled.append((j, results))
+            n_answers += len(item.ids)
+        elapsed = (time.perf_counter() - started) / max(1, n_answers)
+        for j, results in assembled:
+            out[j] = self._timed(results, items[j].generate_s, elapsed)
+        return [r if r is not None else GradguardError(f"item {j} was not scored") for j, r in enumerate(out)]
 
     def generate_and_score(
         self,
