@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import socket
 import statistics
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +37,7 @@ import httpx
 
 from gradguard import GradScorer
 from gradguard.serving.wire import RESULT_FIELD, RESULT_KEY, result_from_wire
+from gradguard.testing.server import serve_in_thread
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -67,45 +66,6 @@ class Run:
     shares: list[float] = field(default_factory=list)
     answers: list[tuple[list[dict[str, str]], dict[str, Any]]] = field(default_factory=list)
     wall: float = 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _server(scorer: GradScorer, max_batch: int, max_wait_ms: float) -> Iterator[str]:
-    """The gradguard app over ``scorer`` on a free local port, in a background thread."""
-    import uvicorn
-
-    from gradguard.integrations._core import LocalBackend
-    from gradguard.serving.app import create_app
-    from gradguard.serving.settings import ServerSettings
-
-    port = _free_port()
-    settings = ServerSettings(port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=256)
-    app = create_app(settings, backend=LocalBackend(scorer=scorer))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        raise RuntimeError("the server did not become ready in 120 s")
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _measure(url: str, clients: int, requests: int, max_tokens: int, api_key: str | None) -> Run:
@@ -230,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(_report("server", clients, run, *_check(scorer, run.answers)))
     else:
         for label, batch in (("one-at-a-time", 1), (f"batch<={args.max_batch}", args.max_batch)):
-            with _server(scorer, batch, args.max_wait_ms) as url:
+            with serve_in_thread(scorer, max_batch=batch, max_wait_ms=args.max_wait_ms, max_queue=256) as url:
                 _measure(url, 1, 1, args.max_tokens, None)  # warm-up
                 for clients in counts:
                     run = _measure(url, clients, args.requests, args.max_tokens, None)

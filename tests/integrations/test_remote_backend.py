@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +23,7 @@ from gradguard.integrations._core import (
 from gradguard.integrations._core.remote import DEFAULT_CONTEXT_WINDOW
 from gradguard.serving.wire import RESULT_KEY, TURN_KEY, result_to_wire
 from gradguard.testing import make_score_result
+from gradguard.testing.server import free_port
 
 URL = "http://gradguard.test:8000"
 MESSAGES = [{"role": "user", "content": "Capital of France?"}]
@@ -181,12 +181,6 @@ def test_401_says_to_pass_the_key() -> None:
     with pytest.raises(RemoteServerError, match=r"answered 401.*invalid API key.*api_key=") as info:
         backend(handler, api_key="wrong").generate(MESSAGES, GenerationOptions())
     assert URL in str(info.value) and info.value.status == 401
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_server_that_is_down_is_named_with_its_url() -> None:

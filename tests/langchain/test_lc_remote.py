@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,21 +17,14 @@ from langchain_core.language_models import GenericFakeChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
 
 from gradguard import GradScorer  # noqa: E402
-from gradguard.integrations._core import LocalBackend, RemoteServerError  # noqa: E402
+from gradguard.integrations._core import RemoteServerError  # noqa: E402
 from gradguard.integrations.langchain import ChatGradguard, GradguardCallbackHandler  # noqa: E402
 from gradguard.integrations.langchain.chat_model import ChatInputError  # noqa: E402
-from gradguard.serving.app import create_app  # noqa: E402
-from gradguard.serving.settings import ServerSettings  # noqa: E402
 from gradguard.testing import make_tiny_model  # noqa: E402
+from gradguard.testing.server import free_port, serve_in_thread  # noqa: E402
 
 KEY = "test-key"
 QUESTION = "Who proposed natural selection?"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -42,26 +32,8 @@ def served() -> Iterator[tuple[str, GradScorer]]:
     """``(base_url, scorer)``: the server hosts ``scorer``'s tiny model (the same object local models use)."""
     model, tok = make_tiny_model("qwen2")
     scorer = GradScorer(model, tok, model_name="tiny-qwen2")
-    app = create_app(ServerSettings(api_key=KEY), backend=LocalBackend(scorer=scorer))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(1200):  # at most 60 s to start
-        if server.started or not thread.is_alive():
-            break
-        time.sleep(0.05)
-    if not server.started:
-        server.should_exit = True
-        thread.join(timeout=10)
-        pytest.fail("the gradguard server did not start")
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", scorer
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with serve_in_thread(scorer, api_key=KEY) as url:
+        yield url, scorer
 
 
 def same_scores(remote: dict[str, Any], local: dict[str, Any]) -> None:
@@ -151,7 +123,7 @@ def test_a_wrong_key_and_a_server_that_is_down_raise_naming_the_url(served: tupl
     with pytest.raises(RemoteServerError, match=r"answered 401.*api_key=") as info:
         ChatGradguard(base_url=url, api_key="wrong").invoke(QUESTION)
     assert url in str(info.value)
-    down = f"http://127.0.0.1:{_free_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(RemoteServerError, match=r"cannot connect .*127\.0\.0\.1.*gradguard serve` running"):
         ChatGradguard(base_url=down, timeout=5).invoke(QUESTION)
 
@@ -192,7 +164,7 @@ def test_side_car_warns_on_a_model_mismatch_and_not_with_a_matching_alias(served
 
 def test_side_car_fails_closed_when_the_server_is_down_or_refuses(served: tuple[str, GradScorer]) -> None:
     url, scorer = served
-    down = f"http://127.0.0.1:{_free_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     handler = GradguardCallbackHandler(scorer_url=down, timeout=5)
     meta = fake("Darwin", None).invoke(QUESTION, config={"callbacks": [handler]}).response_metadata["gradguard"]
     assert meta["scored"] is False and down in meta["error"] and "gradguard serve" in meta["error"]

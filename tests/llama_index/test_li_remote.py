@@ -4,9 +4,6 @@ app (uvicorn in a thread, on a free loopback port) hosting a tiny model."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,21 +17,14 @@ from llama_index.core.base.llms.types import ChatMessage  # noqa: E402
 from llama_index.core.llms import MockLLM  # noqa: E402
 
 from gradguard import GradScorer, ScoreResult  # noqa: E402
-from gradguard.integrations._core import LocalBackend, RemoteServerError  # noqa: E402
+from gradguard.integrations._core import RemoteServerError  # noqa: E402
 from gradguard.integrations.llama_index import GradguardEventHandler, GradguardLLM  # noqa: E402
 from gradguard.integrations.llama_index.utils import GradguardLlamaIndexError  # noqa: E402
-from gradguard.serving.app import create_app  # noqa: E402
-from gradguard.serving.settings import ServerSettings  # noqa: E402
 from gradguard.testing import make_tiny_model  # noqa: E402
+from gradguard.testing.server import free_port, serve_in_thread  # noqa: E402
 
 KEY = "li-key"
 PROMPT = "Who proposed natural selection?"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -42,26 +32,8 @@ def served() -> Iterator[tuple[str, GradScorer]]:
     """``(base_url, scorer)``: the server hosts ``scorer``'s tiny model."""
     model, tok = make_tiny_model("qwen2")
     scorer = GradScorer(model, tok, model_name="tiny-qwen2")
-    app = create_app(ServerSettings(api_key=KEY), backend=LocalBackend(scorer=scorer))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(1200):  # at most 60 s to start
-        if server.started or not thread.is_alive():
-            break
-        time.sleep(0.05)
-    if not server.started:
-        server.should_exit = True
-        thread.join(timeout=10)
-        pytest.fail("the gradguard server did not start")
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", scorer
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with serve_in_thread(scorer, api_key=KEY) as url:
+        yield url, scorer
 
 
 def same_scores(remote: dict[str, Any], local: dict[str, Any]) -> None:
@@ -114,7 +86,7 @@ def test_errors_name_the_url(served: tuple[str, GradScorer]) -> None:
     url, _ = served
     with pytest.raises(RemoteServerError, match=r"answered 401.*api_key="):
         GradguardLLM(base_url=url, api_key="wrong").complete(PROMPT)
-    down = f"http://127.0.0.1:{_free_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(RemoteServerError, match=r"cannot connect .*127\.0\.0\.1.*gradguard serve` running"):
         GradguardLLM(base_url=down, timeout=5).complete(PROMPT)
 
@@ -147,7 +119,7 @@ def test_side_car_handler_scores_and_checks_the_model(served: tuple[str, GradSco
 
 def test_side_car_handler_fails_closed(served: tuple[str, GradScorer]) -> None:
     url, scorer = served
-    down = f"http://127.0.0.1:{_free_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     with GradguardEventHandler(scorer_url=down, timeout=5) as handler:
         response = MockLLM(max_tokens=4).complete("hello there")
     assert response.additional_kwargs["gradguard"]["scored"] is False
