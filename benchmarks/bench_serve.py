@@ -1,12 +1,14 @@
 """Throughput and latency of ``gradguard serve`` under concurrent clients, with and without micro-batching.
 
     python benchmarks/bench_serve.py [--model SRC] [--clients 1,4,8] [--requests 16] [--max-tokens 32]
+                                     [--style short|explain]
     python benchmarks/bench_serve.py --url http://127.0.0.1:8000 --model SRC   # a server you started
 
 By default it starts the server in this process (uvicorn on 127.0.0.1, a free port) twice, with
 ``--max-batch 1`` (one request at a time: micro-batching off) and with ``--max-batch B``, and for each number
-of clients sends ``--requests`` chat completions (greedy, ``--max-tokens`` each; built-in short questions,
-nothing is downloaded) from that many concurrent client threads over HTTP. It prints, per setting:
+of clients sends ``--requests`` chat completions (greedy, ``--max-tokens`` each; built-in questions, nothing is
+downloaded: ``--style short`` factual questions whose answers vary in length, ``--style explain`` questions whose
+answers run to ``--max-tokens``) from that many concurrent client threads over HTTP. It prints, per setting:
 
 - throughput (completed requests per second, and generated tokens per second),
 - p50 / p95 request latency (client side, seconds),
@@ -53,6 +55,21 @@ QUESTIONS = [
     "Name a programming language created in the 1990s.",
     "What is the freezing point of water in Fahrenheit?",
 ]
+#: Questions whose answers run to a few sentences (``--style explain``): answers of similar, longer lengths.
+EXPLAIN = [
+    "Explain in three sentences why the sky is blue.",
+    "Explain in three sentences how a refrigerator keeps food cold.",
+    "Explain in three sentences what a hash table is.",
+    "Explain in three sentences why leaves change colour in autumn.",
+    "Explain in three sentences how vaccines train the immune system.",
+    "Explain in three sentences what recursion is in programming.",
+    "Explain in three sentences why the Moon has phases.",
+    "Explain in three sentences how a bicycle stays upright.",
+    "Explain in three sentences what inflation means in economics.",
+    "Explain in three sentences how photosynthesis works.",
+    "Explain in three sentences what a compiler does.",
+    "Explain in three sentences why ice floats on water.",
+]
 SCORE_KEYS = ("hybridgrad", "semgrad", "paragrad", "exgrad", "mean_nll")
 
 
@@ -68,7 +85,9 @@ class Run:
     wall: float = 0.0
 
 
-def _measure(url: str, clients: int, requests: int, max_tokens: int, api_key: str | None) -> Run:
+def _measure(
+    url: str, clients: int, requests: int, max_tokens: int, api_key: str | None, questions: Sequence[str] = QUESTIONS
+) -> Run:
     """Send ``requests`` chat completions from ``clients`` concurrent threads."""
     run = Run()
     lock = threading.Lock()
@@ -82,7 +101,7 @@ def _measure(url: str, clients: int, requests: int, max_tokens: int, api_key: st
                     if not jobs:
                         return
                     i = jobs.pop(0)
-                messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+                messages = [{"role": "user", "content": questions[i % len(questions)]}]
                 body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, RESULT_FIELD: True}
                 started = time.perf_counter()
                 try:
@@ -174,26 +193,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,4,8", help="comma-separated numbers of concurrent clients")
     parser.add_argument("--requests", type=int, default=16, help="requests per setting (spread over the clients)")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--style", choices=("short", "explain"), default="short",
+                        help="short factual questions (answers of varied length, often < max-tokens) or "
+                        "'explain in three sentences' (answers that run to max-tokens)")
     parser.add_argument("--max-batch", type=int, default=8, help="micro-batch size of the batching setting")
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     counts = [int(c) for c in args.clients.split(",")]
+    questions = QUESTIONS if args.style == "short" else EXPLAIN
     print("loading the model ...", flush=True)
     scorer = GradScorer.from_pretrained(args.model)
     print(f"model: {scorer.model_name}", flush=True)
     rows = []
     if args.url:
         for clients in counts:
-            run = _measure(args.url, clients, args.requests, args.max_tokens, args.api_key)
+            run = _measure(args.url, clients, args.requests, args.max_tokens, args.api_key, questions)
             rows.append(_report("server", clients, run, *_check(scorer, run.answers)))
     else:
         for label, batch in (("one-at-a-time", 1), (f"batch<={args.max_batch}", args.max_batch)):
             with serve_in_thread(scorer, max_batch=batch, max_wait_ms=args.max_wait_ms, max_queue=256) as url:
                 _measure(url, 1, 1, args.max_tokens, None)  # warm-up
                 for clients in counts:
-                    run = _measure(url, clients, args.requests, args.max_tokens, None)
+                    run = _measure(url, clients, args.requests, args.max_tokens, None, questions)
                     rows.append(_report(label, clients, run, *_check(scorer, run.answers)))
         by = {(r["setting"], r["clients"]): r["req_per_s"] for r in rows}
         top = max(counts)
