@@ -561,3 +561,15 @@ def test_score_requests_isolates_a_failing_item(scorer: GradScorer) -> None:
     for key in KEYS:
         assert getattr(good[0], key) == pytest.approx(getattr(alone, key), rel=1e-4), key
     assert empty[0].empty
+
+
+def test_a_lone_request_is_generate_and_score_itself(scorer: GradScorer) -> None:
+    request = GenerationRequest(messages=ask(PROMPTS[2]), max_new_tokens=12, top_logprobs=2)
+    recorder = Recorder()
+    lone = ok(generate_batch(scorer, [request], streamers=[recorder])[0])
+    direct = scorer.generate_and_score(request.messages, max_new_tokens=12, top_logprobs=2)
+    assert lone.token_ids == direct.token_ids and lone.finish_reason == direct.finish_reason
+    for key in KEYS:  # the same computation (unpadded generation, scoring on its KV cache): equal, not close
+        assert getattr(lone, key) == getattr(direct, key), key
+    assert recorder.ends == 1 and recorder.prompt is not None
+    assert recorder.tokens[: len(lone.token_ids)] == list(lone.token_ids)

@@ -187,6 +187,49 @@ def _make_criteria(
     return _PerRow()
 
 
+def _generate_alone(
+    scorer: GradScorer,
+    row: _Row,
+    streamer: Any | None,
+    cancel: threading.Event | None,
+    out: list[ScoreResult | GradguardError | None],
+) -> None:
+    """A request with no company: :meth:`GradScorer.generate_and_score` itself (unpadded, and its scoring reuses the
+    generation's KV cache), so a batch of one costs what a direct call costs."""
+    request = row.request
+    do_sample, temperature, top_p, top_k = request.sampling_key()
+    sampling = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k)) if v is not None}
+    if request.max_time is not None:
+        sampling["max_time"] = request.max_time
+    once = _EndOnce(streamer) if streamer is not None else None
+    try:
+        out[row.slot] = scorer.generate_and_score(
+            request.messages, max_new_tokens=request.max_new_tokens, streamer=once, task=request.task,
+            stop=row.stops, top_logprobs=row.top_logprobs, cancel=cancel, tools=request.tools, prefill=request.prefill,
+            spans=request.spans, do_sample=do_sample, **sampling,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - this request's own error
+        out[row.slot] = _as_error(exc, "generation failed")
+    finally:
+        if once is not None:
+            _end(once)
+
+
+class _EndOnce:
+    """A streamer wrapper whose ``end()`` reaches the streamer once (transformers ends it too, on success)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.ended = inner, False
+
+    def put(self, value: Any) -> None:
+        self.inner.put(value)
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.inner.end()
+
+
 def _generate_group(
     scorer: GradScorer,
     rows: Sequence[_Row],
@@ -376,8 +419,11 @@ def generate_batch(
             for rows in groups.values():
                 idx = [row.slot for row in rows]
                 for i in idx:
-                    ended[i] = True  # _generate_group ends them
-                _generate_group(scorer, rows, [streamer_list[i] for i in idx], [cancel_list[i] for i in idx], out)
+                    ended[i] = True  # _generate_group / _generate_alone ends them
+                if len(rows) == 1:
+                    _generate_alone(scorer, rows[0], streamer_list[idx[0]], cancel_list[idx[0]], out)
+                else:
+                    _generate_group(scorer, rows, [streamer_list[i] for i in idx], [cancel_list[i] for i in idx], out)
     finally:
         for i, streamer in enumerate(streamer_list):
             if streamer is not None and not ended[i]:
