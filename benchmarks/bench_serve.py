@@ -93,9 +93,11 @@ def _measure(
     lock = threading.Lock()
     jobs = list(range(requests))
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    start = threading.Barrier(clients)  # the clients' first requests arrive together, not as their threads start
 
     def client() -> None:
-        with httpx.Client(base_url=url, timeout=600, headers=headers) as http:
+        with httpx.Client(base_url=url, timeout=3600, headers=headers) as http:
+            start.wait()
             while True:
                 with lock:
                     if not jobs:
@@ -213,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(_report("server", clients, run, *_check(scorer, run.answers)))
     else:
         for label, batch in (("one-at-a-time", 1), (f"batch<={args.max_batch}", args.max_batch)):
-            with serve_in_thread(scorer, max_batch=batch, max_wait_ms=args.max_wait_ms, max_queue=256) as url:
+            limits = {"max_queue": 256, "request_timeout_s": 3600}  # a queued request must not time out here
+            with serve_in_thread(scorer, max_batch=batch, max_wait_ms=args.max_wait_ms, **limits) as url:
                 _measure(url, 1, 1, args.max_tokens, None)  # warm-up
                 for clients in counts:
                     run = _measure(url, clients, args.requests, args.max_tokens, None, questions)

@@ -125,10 +125,16 @@ class Engine:
                     cancel()
                     raise timeout_error(self.settings.request_timeout_s)
         finally:
-            for w in wrapped:
-                if w.done() and not w.cancelled():
-                    w.exception()  # mark retrieved
+            for w in wrapped:  # mark every outcome retrieved, also of generations still stopping after a cancel
+                w.add_done_callback(_retrieve)
         return [w.exception() or w.result() for w in wrapped]
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Read a finished future's exception so asyncio does not log it as never retrieved (the request already
+    answered: a timeout, a disconnect)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class ThreadStream:
