@@ -144,6 +144,24 @@ class _CancelCriteria(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a torch device (``"auto"``: ``cuda`` when available, else ``cpu``); raises :class:`InputError`
+    naming a device torch does not know or cannot use."""
+    if device is None:
+        return None
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(
+            f"device={device!r} is not a torch device ({exc}); pass 'cpu', 'cuda', 'cuda:N' or 'auto'"
+        ) from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r}: torch sees no CUDA GPU here; pass 'cpu' or 'auto'")
+    return target
+
+
 class GradScorer:
     """Gradient-based uncertainty scorer for a local Hugging Face chat model.
 
@@ -298,9 +316,17 @@ class GradScorer:
         profile: Profile | str | os.PathLike[str] | None = None,
         strict: bool = True,
         task: str | None = None,
+        device: str | torch.device | None = None,
     ) -> GradScorer:
-        """Load a model (Hub id, folder, ``.gguf`` file, or ``None`` for the embedded default) and wrap it."""
+        """Load a model (Hub id, folder, ``.gguf`` file, or ``None`` for the embedded default) and wrap it.
+
+        ``device``: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; ``"auto"``: the first GPU when
+        torch sees one, else the CPU; ``None``: where the loader put it, the CPU). Scoring follows the model.
+        """
+        target = resolve_device(device)
         model, tokenizer, name = load_model(source, dtype=dtype)
+        if target is not None:
+            model.to(target)  # type: ignore[arg-type]  # transformers types .to's argument as a model
         return cls(
             model,
             tokenizer,

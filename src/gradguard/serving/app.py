@@ -67,7 +67,7 @@ def create_app(settings: ServerSettings | None = None, *, backend: LocalBackend 
     :func:`~gradguard.serving.settings.check_bind`)."""
     settings = settings or ServerSettings()
     check_bind(settings)
-    backend = backend or LocalBackend(model=settings.model)
+    backend = backend or LocalBackend(model=settings.model, device=settings.device)
     metrics = ServerMetrics()
     engine = Engine(backend, settings, metrics)
 

@@ -16,6 +16,7 @@ def register(sub: Any) -> None:
     """Add ``serve`` to the ``gradguard`` command line."""
     p = sub.add_parser("serve", help="run the OpenAI-compatible server whose answers carry their gradient scores")
     p.add_argument("--model", default=None, help="Hub id, local folder or .gguf file (default: the embedded model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (a GPU when torch sees one); default cpu")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--task", default=None, help="default calibration task (default: the profile's)")
@@ -45,7 +46,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """The :class:`ServerSettings` of the parsed ``serve`` arguments (the key from ``$GRADGUARD_API_KEY`` when
     ``--api-key`` is not given)."""
     return ServerSettings(
-        model=args.model, host=args.host, port=args.port, task=args.task,
+        model=args.model, device=args.device, host=args.host, port=args.port, task=args.task,
         api_key=args.api_key or os.environ.get("GRADGUARD_API_KEY") or None,
         served_model_name=args.served_model_name, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue, request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes,

@@ -21,6 +21,9 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str | None = Field(None, description="Hub id, folder or .gguf file; None = the embedded default.")
+    device: str | None = Field(
+        None, description="Where the model runs: 'cpu', 'cuda', 'cuda:N' or 'auto' (a GPU when torch sees one)."
+    )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     task: str | None = Field(None, description="Default calibration task (None: the profile's default).")

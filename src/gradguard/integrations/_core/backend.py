@@ -71,10 +71,13 @@ def with_system_prompt(messages: Messages, system_prompt: str | None) -> Message
 
 class LocalBackend:
     """A :class:`~gradguard.GradScorer` in this process: a ready ``scorer``, or a ``model`` source
-    (Hub id in the local cache, folder, ``.gguf``; ``None`` = the embedded default) loaded on first use.
+    (Hub id in the local cache, folder, ``.gguf``; ``None`` = the embedded default) loaded on first use, on
+    ``device`` (see :meth:`GradScorer.from_pretrained`).
     Calls are serialised by the scorer's lock."""
 
-    def __init__(self, model: str | None = None, scorer: GradScorer | None = None) -> None:
+    def __init__(
+        self, model: str | None = None, scorer: GradScorer | None = None, *, device: str | None = None
+    ) -> None:
         if scorer is not None and model is not None:
             raise IntegrationError(
                 f"got both model={model!r} and scorer=...; pass only one (scorer= for a model already loaded, "
@@ -86,6 +89,7 @@ class LocalBackend:
                 "or GradScorer.from_pretrained(...)"
             )
         self.source = model
+        self.device = device
         self._scorer = scorer
         self._load_lock = threading.Lock()
 
@@ -100,7 +104,7 @@ class LocalBackend:
         if self._scorer is None:
             with self._load_lock:
                 if self._scorer is None:
-                    self._scorer = GradScorer.from_pretrained(self.source)
+                    self._scorer = GradScorer.from_pretrained(self.source, device=self.device)
         return self._scorer
 
     @property
