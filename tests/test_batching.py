@@ -498,13 +498,13 @@ def test_a_group_is_scored_in_one_batched_pass(scorer: GradScorer, monkeypatch: 
     import gradguard.scorer as scorer_module
 
     calls: list[int] = []
-    real = scorer_module.fast_scores_rows
+    real = scorer_module.reused_scores
 
-    def counting(model: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
+    def counting(model: Any, states: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append(len(rows))
-        return real(model, rows, *args, **kwargs)
+        return real(model, states, rows, *args, **kwargs)
 
-    monkeypatch.setattr(scorer_module, "fast_scores_rows", counting)
+    monkeypatch.setattr(scorer_module, "reused_scores", counting)  # the group's answers reuse its saved states
     requests = [
         GenerationRequest(messages=ask(PROMPTS[0]), max_new_tokens=6, top_logprobs=3),
         GenerationRequest(messages=ask(PROMPTS[1]), max_new_tokens=9),
@@ -512,6 +512,7 @@ def test_a_group_is_scored_in_one_batched_pass(scorer: GradScorer, monkeypatch: 
     ]
     results = [ok(r) for r in generate_batch(scorer, requests)]
     assert calls == [3]
+    assert {r.timings.score_path for r in results} == {"reuse"}
     for request, result in zip(requests, results, strict=True):
         assert_scores_as_alone(scorer, result, request)
         alone = scorer.score(request.messages, list(result.token_ids), top_logprobs=request.top_logprobs)

@@ -42,9 +42,16 @@ def test_generate_and_score_matches_oracle(scorer: GradScorer, messages: list[di
     assert result.profile == scorer.profile.name
     if scorer.calibrated:
         assert result.confidence is not None and 0.0 <= result.confidence <= 1.0 and result.calibrator
+    assert result.timings.score_path == "reuse"  # scored on what generation saved
     oracle = scorer.oracle(messages, list(result.token_ids))
     for field in FIELDS:
         assert getattr(result, field) == pytest.approx(getattr(oracle, field), rel=1e-4), field
+    # The calibrated confidence reads hidden states (layers 12, 16, 20): the same on both paths.
+    exact = scorer.score(messages, list(result.token_ids))
+    assert exact.timings.score_path == "exact"
+    if result.confidence is not None:
+        assert result.confidence == pytest.approx(exact.confidence, abs=1e-4)
+        assert result.domain_distance == pytest.approx(exact.domain_distance, rel=1e-3)
 
 
 def test_cli_ask_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,7 +33,6 @@ def test_matches_autograd_with_chunks(softcap: float | None, monkeypatch: pytest
     import gradguard.head_gradient as hg
 
     monkeypatch.setattr(hg, "_CHUNK", 7)  # force several chunks
-    monkeypatch.setattr(hg, "_G_CHUNK", 5)
     torch.manual_seed(1)
     vocab, dim, n_tokens = 23, 6, 4
     weight = torch.randn(vocab, dim, dtype=torch.float64).float()

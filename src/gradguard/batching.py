@@ -10,6 +10,7 @@ No web framework is imported here.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import math
 import threading
@@ -266,16 +267,20 @@ def _generate_group(
         kwargs.update(
             {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k)) if v is not None}
         )
+    # What generation computes that scoring can reuse: saved from the first column any row's scoring needs.
+    first_col = min(width - len(ids) + row.position for ids, row in zip(inputs, rows, strict=True))
+    capture = scorer._capture([row.task for row in rows], first_col, width, len(rows), kwargs)
     started = time.perf_counter()
     try:
-        with torch.no_grad():
-            scorer.model.generate(
+        with torch.no_grad(), capture if capture is not None else contextlib.nullcontext():
+            generated_out = scorer.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
                 max_new_tokens=max(row.max_new_tokens for row in rows),
                 pad_token_id=pad_id,
                 stopping_criteria=StoppingCriteriaList([criteria]),
                 tokenizer=scorer.tokenizer,  # for stop strings in the model's generation config
+                return_dict_in_generate=True,
                 **kwargs,
             )
     except Exception as exc:  # noqa: BLE001 - the group's requests fail, the other groups go on
@@ -287,6 +292,8 @@ def _generate_group(
         for i in range(len(rows)):
             criteria.finish(i)  # end() every streamer, also on error or when generation ended for another reason
     generate_s = time.perf_counter() - started
+    states = capture.states(getattr(generated_out, "cache", None), mask) if capture is not None else None
+    del generated_out
     from gradguard.scorer import ScoreRequest
 
     ready: list[tuple[_Row, ScoreRequest]] = []
@@ -318,6 +325,7 @@ def _generate_group(
             n_prefill=len(row.forced),
             spans=row.request.spans,
             generate_s=generate_s,
+            reuse=(states, i) if states is not None and states.trusted else None,
         )
         ready.append((row, item))
     _score_group(scorer, ready, out)

@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from gradguard.errors import InputError
-from gradguard.head_gradient import TokenStats, head_gradients, token_stats
+from gradguard.head_gradient import HeadRow, TokenStats, head_gradients_rows, target_nll, token_stats
 from gradguard.result import HiddenStates
 
 __all__ = ["RawScores", "ScoreRow", "fast_scores", "fast_scores_rows", "crop_cache", "decoder_layers", "logit_softcap"]
@@ -150,9 +150,14 @@ def _hidden_states(
 
 @contextmanager
 def _graph_from_layer(
-    layers: torch.nn.ModuleList, start: int, stop: int, captured: list[torch.Tensor]
+    layers: torch.nn.ModuleList,
+    start: int,
+    stop: int,
+    captured: list[torch.Tensor],
+    replace: torch.Tensor | None = None,
 ) -> Iterator[None]:
-    """Hooks: the input of ``layers[start]`` becomes a leaf that starts the graph; inputs of ``start…stop−1`` are kept.
+    """Hooks: the input of ``layers[start]`` (or ``replace``, the same input saved earlier) becomes a leaf that starts
+    the graph; inputs of ``start…stop−1`` are kept.
 
     Hooks belong to the shared modules, so they act only in the thread that registered them: another
     thread running the same model meanwhile (e.g. a pipeline generating outside gradguard) is untouched.
@@ -163,6 +168,8 @@ def _graph_from_layer(
         if threading.get_ident() != owner:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
+        if replace is not None:
+            hidden = replace.to(device=hidden.device, dtype=hidden.dtype)
         leaf = hidden.detach().requires_grad_(True)
         torch.set_grad_enabled(True)  # everything above this layer records a graph
         captured.append(leaf)
@@ -181,6 +188,63 @@ def _graph_from_layer(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def _skip_layers(layers: torch.nn.ModuleList, count: int) -> Iterator[None]:
+    """The first ``count`` layers pass their input through unchanged (their output was saved; in this thread only).
+
+    Each layer's ``forward`` is replaced on the instance and restored on exit, also when the pass fails.
+    """
+    owner = threading.get_ident()
+    patched: list[tuple[torch.nn.Module, Any]] = []
+
+    def skipping(layer: torch.nn.Module) -> Any:
+        real = layer.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != owner:
+                return real(*args, **kwargs)
+            return args[0] if args else kwargs["hidden_states"]
+
+        return forward
+
+    try:
+        for layer in list(layers)[:count]:
+            patched.append((layer, layer.__dict__.get("forward")))
+            layer.forward = skipping(layer)
+        yield
+    finally:
+        for layer, own in patched:
+            if own is None:
+                del layer.forward
+            else:
+                layer.forward = own
+
+
+class TokenStatsView(NamedTuple):
+    """One row's slice ``[a, b)`` of a batched :class:`~gradguard.head_gradient.TokenStats`."""
+
+    stats: TokenStats
+    a: int
+    b: int
+
+    @property
+    def lse(self) -> torch.Tensor:
+        return self.stats.lse[self.a : self.b]
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        return self.stats.entropy[self.a : self.b]
+
+    @property
+    def nll(self) -> torch.Tensor:
+        return self.stats.nll[self.a : self.b]
+
+    def top(self) -> list[list[tuple[int, float]]] | None:
+        if self.stats.top_ids is None or self.stats.top_logprobs is None:
+            return None
+        return _pairs(self.stats.top_ids[self.a : self.b], self.stats.top_logprobs[self.a : self.b])
 
 
 def _check_windows(
@@ -203,17 +267,20 @@ def _check_windows(
     return out
 
 
-def _slice_stats(stats: TokenStats, k: int) -> TokenStats:
-    """``stats`` without its first ``k`` tokens."""
-    return TokenStats(
-        logits=stats.logits[k:], log_probs=stats.log_probs[k:], entropy=stats.entropy[k:], nll=stats.nll[k:]
-    )
+def _pairs(ids: torch.Tensor, values: torch.Tensor) -> list[list[tuple[int, float]]]:
+    """Rows of ``(token_id, log p)`` pairs from (T, k) ids and log-probabilities, most likely first."""
+    return [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
 
 
-def _top_logprobs(log_probs: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
-    """The ``k`` most likely ``(token_id, log p)`` pairs of each row of ``log_probs`` (T, V), most likely first."""
-    values, indices = log_probs.topk(min(k, log_probs.shape[-1]), dim=-1)
-    return [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
+class KnownStats(NamedTuple):
+    """Log-sum-exp and entropy of response tokens ``offset … offset+len(lse)−1``, saved while they were generated."""
+
+    offset: int
+    lse: torch.Tensor
+    entropy: torch.Tensor
+
+    def covers(self, lo: int, hi: int) -> bool:
+        return self.offset <= lo and hi <= self.offset + int(self.lse.shape[0])
 
 
 def fast_scores(
@@ -369,6 +436,10 @@ def _score_pass(
     layer_span: tuple[int, int],
     hidden_layers: Sequence[int],
     top_logprobs: int,
+    *,
+    start_states: torch.Tensor | None = None,
+    lower_states: dict[int, torch.Tensor] | None = None,
+    known: Sequence[KnownStats | None] | None = None,
     **decoder_kwargs: Any,
 ) -> list[RawScores]:
     """The graph pass over the segments ``ids`` (B, width) after ``cache`` (consumed), and each row's scores.
@@ -376,6 +447,11 @@ def _score_pass(
     Segment index 0 of every row is its semantic-preserving position; ``rows[b] = (first, response, (lo, hi),
     full)``: segment index ``first`` predicts the response's first token, the loss covers tokens ``lo … hi−1``,
     and ``full`` also returns the statistics of the tokens before the window.
+
+    ``start_states`` (B, width, d): the input of the first SemGrad layer at every segment position, saved while
+    the answer was generated; the layers below it then do not run at all, and ``lower_states`` supplies the
+    inputs of the hidden layers below it that ``hidden_layers`` asks for. ``known[b]``: the log-sum-exp and
+    entropy generation saved for row ``b``'s tokens (then its head statistics need no pass of their own).
     """
     device = model.device
     layers = decoder_layers(model)
@@ -387,14 +463,20 @@ def _score_pass(
             f"hidden_layers {bad} are outside [0, {len(layers)}] (layer {len(layers)} is the final output); "
             f"keep only layers in that range"
         )
-    layer_inputs: dict[int, torch.Tensor] = {}
+    layer_inputs: dict[int, torch.Tensor] = dict(lower_states or {})
+    if start_states is not None:
+        layer_inputs[start] = start_states  # what reaches layers[start] in this pass is a stand-in, replaced there
+    watched = [i for i in hidden_layers if i < len(layers) and i not in layer_inputs]
+    if start_states is not None and any(i < start and i not in layer_inputs for i in hidden_layers):
+        raise AssertionError(f"hidden layers below {start} were asked for but not saved")
     captured: list[torch.Tensor] = []
     grad_mode = torch.is_grad_enabled()
     try:
         with (
             torch.no_grad(),
-            _capture_layer_inputs(layers, [i for i in hidden_layers if i < len(layers)], layer_inputs),
-            _graph_from_layer(layers, start, stop, captured),
+            _capture_layer_inputs(layers, watched, layer_inputs),
+            _graph_from_layer(layers, start, stop, captured, replace=start_states),
+            _skip_layers(layers, start if start_states is not None else 0),
         ):
             out = model.get_decoder()(input_ids=ids, cache=cache, use_cache=True, **decoder_kwargs)
             torch.set_grad_enabled(True)
@@ -405,25 +487,75 @@ def _score_pass(
     weight = model.get_output_embeddings().weight
     cap = logit_softcap(model)
     grad_u = torch.zeros_like(u)
-    heads = []
-    tops: list[list[list[tuple[int, float]]] | None] = []
+    known_rows = list(known) if known is not None else [None] * len(rows)
     with torch.no_grad():
-        for b, (first, resp, (lo, hi), full) in enumerate(rows):
-            stats_from = 0 if full else lo
-            targets = torch.tensor(resp[stats_from:hi], dtype=torch.long, device=device)
-            u_b = u[b, first + stats_from : first + hi].detach()
-            stats = token_stats(u_b, weight, targets, cap)
-            k = lo - stats_from
-            scored = _slice_stats(stats, k) if k else stats
-            head = head_gradients(u_b[k:], weight, targets[k:], scored, cap)
+        # Rows whose statistics were not saved by generation get them from one pass over the head (all such rows
+        # together); the loss windows then take one fused gradient pass (all rows together).
+        ranges = [(0 if full else lo, lo, hi) for _, _, (lo, hi), full in rows]
+        # (Top-k alternatives before a window take the statistics pass too; their NLLs alone do not.)
+        need = [
+            not (kn is not None and kn.covers(fr, hi)) or (top_logprobs > 0 and fr < lo)
+            for kn, (fr, lo, hi) in zip(known_rows, ranges, strict=True)
+        ]
+        inputs = [
+            u[b, first + fr : first + hi].detach()
+            for b, ((first, _, _, _), (fr, _, hi)) in enumerate(zip(rows, ranges, strict=True))
+        ]
+        targets = [
+            torch.tensor(resp[fr:hi], dtype=torch.long, device=device)
+            for (_, resp, _, _), (fr, _, hi) in zip(rows, ranges, strict=True)
+        ]
+        computed: dict[int, TokenStatsView] = {}
+        asked = [b for b, flag in enumerate(need) if flag]
+        if asked:
+            stats = token_stats(
+                torch.cat([inputs[b] for b in asked]), weight, torch.cat([targets[b] for b in asked]), cap, top_logprobs
+            )
+            at = 0
+            for b in asked:
+                size = int(targets[b].shape[0])
+                computed[b] = TokenStatsView(stats, at, at + size)
+                at += size
+        head_rows = []
+        for b, ((fr, lo, hi), kn) in enumerate(zip(ranges, known_rows, strict=True)):
+            k = lo - fr
+            if b in computed:
+                lse, entropy = computed[b].lse[k:], computed[b].entropy[k:]
+            else:
+                assert kn is not None
+                lse, entropy = kn.lse[lo - kn.offset : hi - kn.offset], kn.entropy[lo - kn.offset : hi - kn.offset]
+            head_rows.append(HeadRow(inputs[b][k:], targets[b][k:], lse, entropy))
+        heads = head_gradients_rows(head_rows, weight, cap, top_logprobs if len(computed) < len(rows) else 0)
+        per_row = []
+        for b, ((first, _, _, _), (fr, lo, hi), head) in enumerate(zip(rows, ranges, heads, strict=True)):
             grad_u[b, first + lo : first + hi] = head.grad_u
-            heads.append((stats, head, k))
-            tops.append(_top_logprobs(stats.log_probs, top_logprobs) if top_logprobs else None)
+            if b in computed:
+                view = computed[b]
+                entropy, nll, top = view.entropy, view.nll, view.top()
+            else:
+                kn = known_rows[b]
+                assert kn is not None
+                entropy, nll = kn.entropy[fr - kn.offset : hi - kn.offset], head.nll
+                if fr < lo:  # tokens before the window: their NLLs from the known log-sum-exps
+                    before = target_nll(
+                        inputs[b][: lo - fr],
+                        weight,
+                        targets[b][: lo - fr],
+                        kn.lse[fr - kn.offset : lo - kn.offset],
+                        cap,
+                    )
+                    nll = torch.cat([before, nll])
+                top = (
+                    _pairs(head.top_ids, head.top_logprobs)
+                    if head.top_ids is not None and head.top_logprobs is not None
+                    else None
+                )
+            per_row.append((entropy, nll, top, lo - fr, head))
     grads = torch.autograd.grad(u, captured, grad_outputs=grad_u)
     n_layers, width_d = stop - start, u.shape[-1]
     vocab = weight.shape[0]
     results = []
-    for b, (stats, head, k) in enumerate(heads):
+    for b, (entropy, nll, top, k, head) in enumerate(per_row):
         sem_l1 = sum(float(g[b, 0].float().abs().sum()) for g in grads)
         first, _, (lo, hi), _ = rows[b]
         results.append(
@@ -431,10 +563,10 @@ def _score_pass(
                 semgrad=sem_l1 / (n_layers * width_d),
                 paragrad=head.paragrad_l1 / (vocab * width_d),
                 exgrad=head.exgrad_l1 / (vocab * width_d),
-                entropy=stats.entropy.tolist(),
-                nll=stats.nll.tolist(),
+                entropy=entropy.tolist(),
+                nll=nll.tolist(),
                 hidden=_hidden_states(layer_inputs, u, hidden_layers, b, first, lo, hi) if hidden_layers else None,
-                top_logprobs=tops[b],
+                top_logprobs=top if top_logprobs else None,
                 window=(lo, hi),
                 window_offset=k,
             )

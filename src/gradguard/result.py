@@ -87,6 +87,12 @@ class Timings(BaseModel):
 
     generate_s: float | None = Field(None, description="Generation time; None when the response was given.")
     score_s: float = Field(..., description="Time spent computing the gradient scores.")
+    score_path: Literal["reuse", "exact"] = Field(
+        "exact",
+        description="'reuse': scoring ran on what generation saved (the SemGrad layers only, one LM-head pass); "
+        "'exact': it recomputed the answer's positions (a given response, or generate settings whose saved "
+        "states cannot be trusted, e.g. beam search). Both give the same scores up to float error.",
+    )
 
 
 class ScoreResult(BaseModel):
@@ -247,7 +253,10 @@ def unscored_metadata(error: str, *, model: str | None = None) -> dict[str, Any]
     """
     meta: dict[str, Any] = dict.fromkeys(METADATA_KEYS)
     meta.update(
-        schema_version=METADATA_SCHEMA_VERSION, uncertainty=dict.fromkeys(UNCERTAINTY_KEYS), model=model,
-        scored=False, error=error,
+        schema_version=METADATA_SCHEMA_VERSION,
+        uncertainty=dict.fromkeys(UNCERTAINTY_KEYS),
+        model=model,
+        scored=False,
+        error=error,
     )
     return meta

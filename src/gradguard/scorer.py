@@ -6,7 +6,9 @@ All scores are uncertainties — larger means the model is less sure of its answ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import math
 import os
 import threading
@@ -20,6 +22,7 @@ from transformers import DynamicCache, GenerationMixin, PreTrainedModel, PreTrai
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 from gradguard.calibration.model import predict, required_layers
+from gradguard.capture import GenerationCapture, GenerationStates, untrusted_settings
 from gradguard.errors import (
     ContextLengthError,
     GenerationCancelled,
@@ -34,9 +37,12 @@ from gradguard.profiles import Profile, ProfileError, ProfileWarning, manual_pro
 from gradguard.profiles.schema import TaskCalibration
 from gradguard.prompting import Messages, Tools, end_of_turn_ids, template_prompt, tokenize_response
 from gradguard.result import CalibrationInfo, ScoreResult, Timings
+from gradguard.reuse_path import ReuseRow, reused_scores
 from gradguard.tasks import BUILTIN_TASKS, UnknownTaskError, check_task_name
 
 __all__ = ["GradScorer", "combine_scores", "SpanPlan", "SpanFn"]
+
+logger = logging.getLogger(__name__)
 
 
 def combine_scores(raw: RawScores) -> dict[str, float]:
@@ -95,6 +101,8 @@ class ScoreRequest(NamedTuple):
     n_prefill: int = 0
     spans: SpanFn | None = None
     generate_s: float | None = None
+    #: What generation saved for these answers (trusted), and the generation row of the request's one answer.
+    reuse: tuple[GenerationStates, int] | None = None
 
 
 def _wrapped(exc: BaseException, what: str) -> GradguardError:
@@ -559,8 +567,10 @@ class GradScorer:
         return results
 
     @staticmethod
-    def _timed(results: Sequence[ScoreResult], generate_s: float | None, score_s: float) -> list[ScoreResult]:
-        timings = Timings(generate_s=generate_s, score_s=score_s)
+    def _timed(
+        results: Sequence[ScoreResult], generate_s: float | None, score_s: float, reused: bool = False
+    ) -> list[ScoreResult]:
+        timings = Timings(generate_s=generate_s, score_s=score_s, score_path="reuse" if reused else "exact")
         return [
             r.model_copy(
                 update={"timings": timings, "parts": tuple(p.model_copy(update={"timings": timings}) for p in r.parts)}
@@ -580,14 +590,30 @@ class GradScorer:
         top_logprobs: int = 0,
         n_prefill: int = 0,
         spans: SpanFn | None = None,
+        states: GenerationStates | None = None,
     ) -> list[ScoreResult]:
+        """Score the answers ``ids`` to ``prompt``; with trusted ``states`` (saved while generating ``ids``, row ``i``
+        = answer ``i``) on the reuse path, else on the exact path (reusing ``cache``'s prefix when it lines up)."""
         name = task or self.task
         cal = self.calibration_for(name)
         started = time.perf_counter()
         plans = [self._plan(r, n_prefill, spans) for r in ids]
         rows = self._rows_of(ids, plans)
         raws: list[RawScores] = []
-        if rows:
+        reused = bool(rows) and states is not None and states.trusted
+        if reused:
+            assert states is not None
+            raws = reused_scores(
+                self.model,
+                states,
+                [ReuseRow(i, prompt, position, ids[i], n_prefill, w, f) for i, w, f in rows],
+                self.layer_span,
+                hidden_layers=self._layers_for(cal),
+                top_logprobs=top_logprobs,
+            )
+        elif rows:
+            if states is not None and states.reason:
+                logger.debug("scoring on the exact path: %s", states.reason)
             if cache is not None and len(ids) > 1 and len(rows) != len(ids):
                 cache = None  # a batched cache no longer lines up with the rows; rebuild the prefix
             raws = fast_scores(
@@ -607,7 +633,21 @@ class GradScorer:
             top_logprobs=top_logprobs, generate_s=generate_s,
         )  # fmt: skip
         elapsed = (time.perf_counter() - started) / max(1, len(ids))
-        return self._timed(results, generate_s, elapsed)
+        return self._timed(results, generate_s, elapsed, reused)
+
+    def _capture(
+        self, tasks: Sequence[str], first_col: int, input_width: int, batch: int, kwargs: dict[str, Any]
+    ) -> GenerationCapture | None:
+        """Hooks saving what the scoring of answers generated under ``kwargs`` can reuse (the inputs of the first
+        SemGrad layer and of the probe layers below it that ``tasks``' calibrations read); None when those settings
+        make saved states untrustworthy (beam search, assisted decoding, ...: the exact path then scores)."""
+        reason = untrusted_settings(self.model, kwargs)
+        if reason is not None:
+            logger.debug("not saving generation states: %s", reason)
+            return None
+        start = self.layer_span[0]
+        lower = {i for task in tasks for i in self._layers_for(self.calibration_for(task)) if i < start}
+        return GenerationCapture(self.model, [start, *sorted(lower)], first_col, input_width, batch)
 
     def _score_requests(self, items: Sequence[ScoreRequest]) -> list[list[ScoreResult] | GradguardError]:
         """Score the answers of several requests (different prompts) in one batched pass per set of hidden layers.
@@ -629,25 +669,40 @@ class GradScorer:
                 planned.append((j, name, cal, plans, self._rows_of(item.ids, plans)))
             except Exception as exc:  # noqa: BLE001 - this item fails alone
                 out[j] = exc if isinstance(exc, GradguardError) else _wrapped(exc, "scoring failed")
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for k, (_, _, cal, _, _) in enumerate(planned):
-            groups.setdefault(self._layers_for(cal), []).append(k)
+        # One pass per set of hidden layers, and per generation whose saved states the answers reuse.
+        groups: dict[tuple[tuple[int, ...], int | None], list[int]] = {}
+        for k, (j, _, cal, _, _) in enumerate(planned):
+            reuse = items[j].reuse
+            key = id(reuse[0]) if reuse is not None and reuse[0].trusted else None
+            groups.setdefault((self._layers_for(cal), key), []).append(k)
         raws_of: dict[int, list[RawScores]] = {}
-        for layers, members in groups.items():
+        reused: set[int] = set()
+        for (layers, key), members in groups.items():
             batch: list[ScoreRow] = []
+            again: list[ReuseRow] = []
             owners: list[int] = []
             for k in members:
                 j, _, _, _, rows = planned[k]
                 item = items[j]
                 for i, window, full in rows:
-                    batch.append(ScoreRow(item.prompt, item.position, item.ids[i], window, full))
+                    if key is not None and item.reuse is not None:
+                        again.append(ReuseRow(item.reuse[1], item.prompt, item.position, item.ids[i], item.n_prefill,
+                                              window, full))  # fmt: skip
+                    else:
+                        batch.append(ScoreRow(item.prompt, item.position, item.ids[i], window, full))
                     owners.append(k)
             top_k = max((items[planned[k][0]].top_logprobs for k in members), default=0)
-            raws = (
-                fast_scores_rows(self.model, batch, self.layer_span, hidden_layers=layers, top_logprobs=top_k)
-                if batch
-                else []
-            )
+            if again:
+                states = items[planned[members[0]][0]].reuse
+                assert states is not None
+                raws = reused_scores(
+                    self.model, states[0], again, self.layer_span, hidden_layers=layers, top_logprobs=top_k
+                )
+                reused.update(planned[k][0] for k in members)
+            elif batch:
+                raws = fast_scores_rows(self.model, batch, self.layer_span, hidden_layers=layers, top_logprobs=top_k)
+            else:
+                raws = []
             for k, raw in zip(owners, raws, strict=True):
                 want = items[planned[k][0]].top_logprobs
                 if raw.top_logprobs is not None:
@@ -670,7 +725,7 @@ class GradScorer:
             n_answers += len(item.ids)
         elapsed = (time.perf_counter() - started) / max(1, n_answers)
         for j, results in assembled:
-            out[j] = self._timed(results, items[j].generate_s, elapsed)
+            out[j] = self._timed(results, items[j].generate_s, elapsed, j in reused)
         return [r if r is not None else GradguardError(f"item {j} was not scored") for j, r in enumerate(out)]
 
     def generate_and_score(
@@ -867,8 +922,9 @@ class GradScorer:
                     streamer.end()  # a consumer iterating the streamer must not wait for a generation that never starts
                 raise GenerationCancelled("generation was cancelled before it started; nothing was generated or scored")
             input_ids = torch.tensor([prompt + forced], device=self.model.device)
+            capture = self._capture([name], position, input_ids.shape[1], n, kwargs)
             started = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), capture if capture is not None else contextlib.nullcontext():
                 out = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
@@ -892,8 +948,15 @@ class GradScorer:
                 answer, stopped = self._before_stop(answer, stops)
                 ids.append(forced + answer)
                 reasons.append("length" if not (ended or stopped) and len(generated) >= max_new_tokens else "stop")
-            cache = out.cache if isinstance(out.cache, DynamicCache) else None  # transformers >= 5.24 names it `cache`
+            # transformers >= 5.24 names it `cache`. Under settings whose states cannot be trusted (beam search
+            # reorders the cache's rows) the exact path rebuilds the prefix instead.
+            cache = out.cache if isinstance(out.cache, DynamicCache) and capture is not None else None
             del out
+            states = None
+            if capture is not None:
+                states = capture.states(
+                    cache, torch.ones((n, input_ids.shape[1]), dtype=torch.long, device=input_ids.device)
+                )
             return self._score_ids(
                 prompt,
                 position,
@@ -905,6 +968,7 @@ class GradScorer:
                 top_logprobs=top_k,
                 n_prefill=len(forced),
                 spans=spans,
+                states=states,
             )
 
     def _until_end_of_turn(self, ids: list[int]) -> tuple[list[int], bool]:
