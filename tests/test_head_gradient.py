@@ -55,3 +55,40 @@ def test_matches_autograd_with_chunks(softcap: float | None, monkeypatch: pytest
     assert grads.paragrad_l1 == pytest.approx(float(g_w.abs().sum()), rel=1e-5)
     assert grads.exgrad_l1 == pytest.approx(float(g_plain.abs().sum()), rel=1e-5)
     torch.testing.assert_close(grads.grad_u, g_u, rtol=1e-5, atol=1e-7)
+
+
+def test_statistics_keep_float64_precision_over_a_large_vocabulary() -> None:
+    from gradguard.head_gradient import lse_and_entropy
+
+    torch.manual_seed(3)
+    vocab, dim, n_tokens = 150_000, 16, 6
+    weight = torch.randn(vocab, dim) * 0.6
+    u = torch.randn(n_tokens, dim)
+    u[0] = weight[7] * 6.0  # one confident token: a tiny NLL next to a large logit
+    targets = torch.tensor([7, 1, 2, 3, 4, 5])
+    z64 = u.double() @ weight.double().T
+    logp = torch.log_softmax(z64, dim=-1)
+    nll = -logp.gather(-1, targets.view(-1, 1)).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    stats = token_stats(u, weight, targets, softcap=None)
+    torch.testing.assert_close(stats.nll.double(), nll, rtol=1e-4, atol=2e-6)
+    torch.testing.assert_close(stats.entropy.double(), entropy, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(stats.lse.double(), torch.logsumexp(z64, -1), rtol=1e-6, atol=1e-5)
+    lse, ent = lse_and_entropy((u @ weight.T).float())  # what generation saves per token
+    torch.testing.assert_close(ent.double(), entropy, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(z64, -1), rtol=1e-6, atol=1e-5)
+
+
+def test_top_k_of_the_online_pass_matches_a_full_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradguard.head_gradient as hg
+
+    monkeypatch.setattr(hg, "_CHUNK", 7)
+    torch.manual_seed(4)
+    weight, u = torch.randn(40, 5), torch.randn(3, 5)
+    targets = torch.tensor([0, 1, 2])
+    stats = token_stats(u, weight, targets, softcap=None, top_k=4)
+    logp = torch.log_softmax(u @ weight.T, -1)
+    values, ids = logp.topk(4, dim=-1)
+    assert stats.top_ids is not None and stats.top_logprobs is not None
+    assert torch.equal(stats.top_ids, ids)
+    torch.testing.assert_close(stats.top_logprobs, values, rtol=1e-5, atol=1e-6)

@@ -26,6 +26,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from gradguard.fast_path import decoder_layers, logit_softcap
+from gradguard.head_gradient import lse_and_entropy
 
 __all__ = ["GenerationCapture", "GenerationStates", "untrusted_settings"]
 
@@ -133,9 +134,9 @@ class GenerationCapture:
                 z = logits[:, -1].float()
                 if cap:
                     z = torch.tanh(z / cap) * cap
-                logp = torch.log_softmax(z, dim=-1)
-                self._lse.append(torch.logsumexp(z, dim=-1))
-                self._entropy.append(-(logp.exp() * logp).sum(-1))
+                lse, entropy = lse_and_entropy(z)
+                self._lse.append(lse)
+                self._entropy.append(entropy)
 
         try:
             for index in sorted(set(self.layers)):

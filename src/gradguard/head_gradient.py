@@ -27,6 +27,7 @@ __all__ = [
     "HeadGradients",
     "HeadRow",
     "token_stats",
+    "lse_and_entropy",
     "target_nll",
     "head_gradients",
     "head_gradients_rows",
@@ -118,7 +119,20 @@ def token_stats(
     top_ids = top_lp = None
     if best is not None:
         top_lp, top_ids = (best[0] - lse).T.contiguous(), best[1].T.contiguous()
-    return TokenStats(lse=lse, entropy=a / s + log_s, nll=lse - z_target, top_ids=top_ids, top_logprobs=top_lp)
+    nll = (m - z_target) + log_s  # not lse − z_y: keeps the precision of a small NLL next to a large logit
+    return TokenStats(lse=lse, entropy=a / s + log_s, nll=nll, top_ids=top_ids, top_logprobs=top_lp)
+
+
+@torch.no_grad()
+def lse_and_entropy(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-sum-exp and entropy over the last axis of fp32 logits ``z`` (as :func:`token_stats` computes them:
+    ``H = A/S + log S`` with non-negative terms; fp32 ``log_softmax`` over a ~150k vocabulary is off by ~1e-4)."""
+    m = z.max(dim=-1, keepdim=True).values
+    gap = m - z
+    e = torch.exp(-gap)
+    s = e.sum(-1)
+    log_s = torch.log(s)
+    return m.squeeze(-1) + log_s, (e * gap).sum(-1) / s + log_s
 
 
 @torch.no_grad()
@@ -183,7 +197,8 @@ def head_gradients_rows(
     n, d = u32.shape
     para = [0.0] * len(rows)
     ex = [0.0] * len(rows)
-    grad_u = torch.zeros_like(u32)
+    expected = torch.zeros_like(u32)  # Σ_v w p_v f_v W_v (f: the soft-cap derivative, else 1)
+    mass = torch.zeros(n, device=u32.device)  # Σ_v exp(z − lse): 1 when lse came from this very pass
     z_target = torch.zeros(n, device=u32.device)
     cols = torch.arange(n, device=u32.device)
     best: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -191,22 +206,30 @@ def head_gradients_rows(
     for w in weight.split(_CHUNK):
         w32 = w.float()
         z = _logits_t(w32, u32, softcap)  # (c, N)
-        r = torch.exp(z - lse)  # p
+        p = torch.exp(z - lse)
+        mass += p.sum(0)
+        scale = 1.0 - (z / softcap) ** 2 if softcap else None
+        r = p * scale if scale is not None else p
+        expected.addmm_((r * weights).T, w32)
         inside = _target_logits(z, targets, offset, z_target)
         if bool(inside.any()):
             hit = cols[inside]
-            r[targets[hit] - offset, hit] -= 1.0  # p − e_y
-        if softcap:
-            r = r * (1.0 - (z / softcap) ** 2)
+            local = targets[hit] - offset
+            r[local, hit] -= scale[local, hit] if scale is not None else 1.0  # (p − e_y) ⊙ f
         if top_k:
             best = _merge_top(best, z, offset, top_k)
-        grad_u.addmm_((r * weights).T, w32)
         for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
             g = (r[:, a:b] @ stacked[i]).abs_()  # (c, 2d): |[∂ℓ_w/∂W rows | T·∂ℓ/∂W rows]|
             # Pairwise fp32 sums (vector_norm's ord=1 reduction drifts by ~1e-4 on blocks this size).
             para[i] += float(g[:, :d].sum())
             ex[i] += float(g[:, d:].sum())
         offset += w.shape[0]
+    # When ``lse`` was saved by generation, this pass's own logits differ from generation's by float error:
+    # normalise with this pass's log-sum-exp (``lse + log mass``), so the NLLs and ∂ℓ_w/∂u are those of one
+    # consistent distribution (the weight-gradient norms carry a relative error of |mass − 1|, ~1e-5).
+    lse = lse + torch.log(mass)
+    f_target = 1.0 - (z_target / softcap) ** 2 if softcap else torch.ones_like(z_target)
+    grad_u = expected / mass[:, None] - (weights * f_target)[:, None] * weight[targets].float()
     nll = lse - z_target
     out = []
     for i, (row, a, b) in enumerate(zip(rows, bounds, bounds[1:], strict=False)):
