@@ -203,3 +203,35 @@ def test_half_precision_stays_within_its_documented_tolerance(dtype: torch.dtype
             assert getattr(scored, field) == pytest.approx(getattr(oracle, field), rel=HALF_PRECISION_RTOL[dtype]), (
                 field
             )
+
+
+@pytest.mark.parametrize("path", ["reuse", "exact"])
+def test_checkpointed_layers_give_the_same_scores(
+    tiny_scorer: GradScorer, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    import gradguard.fast_path as fast_path
+
+    result = tiny_scorer.generate_and_score(QUESTION, max_new_tokens=10, top_logprobs=2)
+    plain = tiny_scorer.score(QUESTION, list(result.token_ids), top_logprobs=2)
+    monkeypatch.setattr(fast_path, "CHECKPOINT_ABOVE", 0)  # every segment recomputes its layers in the backward
+    import torch.utils.checkpoint as checkpointing
+
+    calls: list[int] = []
+    real = checkpointing.checkpoint
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(checkpointing, "checkpoint", counting)
+    if path == "reuse":
+        again = tiny_scorer.generate_and_score(QUESTION, max_new_tokens=10, top_logprobs=2)
+        assert again.token_ids == result.token_ids and again.timings.score_path == "reuse"
+    else:
+        again = tiny_scorer.score(QUESTION, list(result.token_ids), top_logprobs=2)
+    for field in SCORE_FIELDS:
+        assert getattr(again, field) == pytest.approx(getattr(plain, field), rel=1e-5), field
+    assert_matches_oracle(tiny_scorer, QUESTION, again)
+    start, _ = tiny_scorer.layer_span
+    assert len(calls) >= len(decoder_layers(tiny_scorer.model)) - start  # every SemGrad layer was checkpointed
+    assert all("forward" not in layer.__dict__ for layer in decoder_layers(tiny_scorer.model))

@@ -222,6 +222,64 @@ def _skip_layers(layers: torch.nn.ModuleList, count: int) -> Iterator[None]:
                 layer.forward = own
 
 
+#: Segments longer than this many positions run the SemGrad layers under activation checkpointing: each layer
+#: keeps only its input (``d`` floats per position) and is recomputed during the backward pass, so the graph's
+#: memory stops growing with the MLP width (about 1.2 MB per position on the embedded model without it). Shorter
+#: segments — short answers, where scoring time matters most — skip the recomputation.
+CHECKPOINT_ABOVE = 64
+
+
+@contextmanager
+def _checkpointed(layers: torch.nn.ModuleList, start: int, cache: DynamicCache, active: bool) -> Iterator[None]:
+    """Layers ``start…`` run under non-reentrant activation checkpointing (this thread only), when ``active``.
+
+    A recomputed layer must see the keys and values it saw the first time, so during the pass their cache layers
+    do not grow: ``update`` returns the prefix joined with the new positions (the cache is consumed by the pass).
+    """
+    if not active:
+        yield
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    owner = threading.get_ident()
+    patched: list[tuple[Any, str, Any]] = []
+
+    def wrapped(layer: torch.nn.Module) -> Any:
+        real = layer.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != owner or not torch.is_grad_enabled():
+                return real(*args, **kwargs)
+            return checkpoint(real, *args, use_reentrant=False, **kwargs)
+
+        return forward
+
+    def frozen(cache_layer: Any) -> Any:
+        keys, values = getattr(cache_layer, "keys", None), getattr(cache_layer, "values", None)
+
+        def update(key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if keys is None or keys.numel() == 0:
+                return key_states, value_states
+            return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+        return update
+
+    try:
+        for layer in list(layers)[start:]:
+            patched.append((layer, "forward", layer.__dict__.get("forward")))
+            layer.forward = wrapped(layer)
+        for cache_layer in list(cache.layers)[start : len(layers)]:
+            patched.append((cache_layer, "update", cache_layer.__dict__.get("update")))
+            cache_layer.update = frozen(cache_layer)
+        yield
+    finally:
+        for obj, name, own in patched:
+            if own is None:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, own)
+
+
 class TokenStatsView(NamedTuple):
     """One row's slice ``[a, b)`` of a batched :class:`~gradguard.head_gradient.TokenStats`."""
 
@@ -477,6 +535,7 @@ def _score_pass(
             _capture_layer_inputs(layers, watched, layer_inputs),
             _graph_from_layer(layers, start, stop, captured, replace=start_states),
             _skip_layers(layers, start if start_states is not None else 0),
+            _checkpointed(layers, start, cache, active=ids.shape[1] > CHECKPOINT_ABOVE),
         ):
             out = model.get_decoder()(input_ids=ids, cache=cache, use_cache=True, **decoder_kwargs)
             torch.set_grad_enabled(True)
