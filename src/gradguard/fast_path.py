@@ -255,10 +255,11 @@ def _checkpointed(layers: torch.nn.ModuleList, start: int, cache: DynamicCache, 
         return forward
 
     def frozen(cache_layer: Any) -> Any:
-        keys, values = getattr(cache_layer, "keys", None), getattr(cache_layer, "values", None)
+        keys: torch.Tensor | None = getattr(cache_layer, "keys", None)
+        values: torch.Tensor | None = getattr(cache_layer, "values", None)
 
         def update(key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if keys is None or keys.numel() == 0:
+            if keys is None or values is None or keys.numel() == 0:
                 return key_states, value_states
             return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
 
@@ -268,7 +269,8 @@ def _checkpointed(layers: torch.nn.ModuleList, start: int, cache: DynamicCache, 
         for layer in list(layers)[start:]:
             patched.append((layer, "forward", layer.__dict__.get("forward")))
             layer.forward = wrapped(layer)
-        for cache_layer in list(cache.layers)[start : len(layers)]:
+        cache_layers: list[Any] = list(cache.layers)[start : len(layers)]
+        for cache_layer in cache_layers:
             patched.append((cache_layer, "update", cache_layer.__dict__.get("update")))
             cache_layer.update = frozen(cache_layer)
         yield
