@@ -117,11 +117,9 @@ def parse_int_list(text: str) -> list[int]:
     values: list[int] = []
     for part in items:
         try:
-            value = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r} in {text!r} is not an integer") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{value} in {text!r} is not a positive number of tokens")
+            value = _positive_int(part)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (in {text!r}: positive numbers of tokens)") from None
         if value not in values:
             values.append(value)
     return values
