@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gradguard.errors import ContextLengthError, GenerationCancelled, GradguardError, InputError, QueueFullError
-from gradguard.result import ScoreResult
+from gradguard.result import ScoreResult, with_messages
 
 if TYPE_CHECKING:
     import torch
@@ -437,7 +437,11 @@ def generate_batch(
             if streamer is not None and not ended[i]:
                 _end(streamer)
     return [
-        r if r is not None else GradguardError(f"request {i} was not run")  # unreachable; keeps the type exact
+        with_messages([r], requests[i].messages)[0]
+        if isinstance(r, ScoreResult)
+        else r
+        if r is not None
+        else GradguardError(f"request {i} was not run")  # unreachable; keeps the type exact
         for i, r in enumerate(out)
     ]
 

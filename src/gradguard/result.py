@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ __all__ = [
     "METADATA_KEYS",
     "METADATA_SCHEMA_VERSION",
     "unscored_metadata",
+    "with_messages",
     "HiddenStates",
     "HIDDEN_POSITIONS",
     "UNCERTAINTY_KEYS",
@@ -25,9 +27,10 @@ __all__ = [
 
 #: The version of :meth:`ScoreResult.metadata`'s schema (its ``schema_version`` key). Every feature
 #: that adds to the metadata adds keys (readers ignore keys they do not know) and bumps it.
-METADATA_SCHEMA_VERSION = 2
+METADATA_SCHEMA_VERSION = 3
 # 1: the first published schema. 2: answers to a turn with tools bound add ``tool_calls`` (one entry per
-# call: id, name, confidence, uncertainty, in_domain), built by the integration core.
+# call: id, name, confidence, uncertainty, in_domain), built by the integration core. 3: ``tokens``, the
+# per-token text, log-probability and entropy of the answer (what a reviewer's page shades).
 
 #: The keys of :meth:`ScoreResult.metadata`, the schema every integration publishes
 #: (:func:`unscored_metadata` adds ``error``).
@@ -45,6 +48,7 @@ METADATA_KEYS: tuple[str, ...] = (
     "spt_offset",
     "n_response_tokens",
     "scored",
+    "tokens",
 )
 
 #: The positions whose hidden states the scoring pass can hand to a probe, in storage order:
@@ -143,6 +147,11 @@ class ScoreResult(BaseModel):
     token_entropies: tuple[float, ...] = Field(
         (), description="Entropy H_t (nats) of the distribution that predicted each response token; larger = less sure."
     )
+    token_texts: tuple[str, ...] = Field(
+        (),
+        description="The text each response token adds to the answer (see gradguard.token_text.token_pieces); '' for "
+        "a special token or one that ends inside a multi-byte character.",
+    )
     empty: bool = False
     confidence: float | None = None
     calibrator: str | None = None
@@ -176,6 +185,13 @@ class ScoreResult(BaseModel):
         (),
         description="Spans of the response scored on their own (e.g. one per tool call), in the order asked; each "
         "has the whole response's token_ids and its own span, scores and confidence.",
+    )
+    prompt_messages: tuple[dict[str, Any], ...] | None = Field(
+        None,
+        exclude=True,
+        repr=False,
+        description="The chat messages the answer replied to, as given (system prompt and retrieved context "
+        "included), so a review queue can keep what a refit needs; None when not known. Not in JSON.",
     )
     top_logprobs: list[list[tuple[int, float]]] | None = Field(
         None,
@@ -221,11 +237,14 @@ class ScoreResult(BaseModel):
 
         ``{"schema_version", "confidence", "uncertainty": {...}, "task", "calibration": {task, data,
         sha256, n, judge, cv_auroc}, "in_domain", "domain_distance", "domain_percentile", "model",
-        "profile", "spt_offset", "n_response_tokens", "scored"}``. ``confidence`` is the calibrated
+        "profile", "spt_offset", "n_response_tokens", "scored", "tokens"}``. ``confidence`` is the calibrated
         P(correct) (``None``: uncalibrated); every ``uncertainty`` is larger when the model is **less**
         confident; ``scored`` False means no usable score (treat as unconfident). NaN scores are
         reported as ``None`` so the dict is valid JSON. ``schema_version`` is
         :data:`METADATA_SCHEMA_VERSION`.
+
+        ``tokens`` is :meth:`token_metadata`: per answer token its text, log-probability and entropy
+        (the uncertainty a reviewer's page shades token by token), ``None`` when there are none.
         """
         unc = {k: (v if math.isfinite(v) else None) for k, v in self.uncertainty().items()}
         return {
@@ -242,7 +261,37 @@ class ScoreResult(BaseModel):
             "spt_offset": self.spt_offset,
             "n_response_tokens": self.n_response_tokens,
             "scored": self.scored,
+            "tokens": self.token_metadata(),
         }
+
+    def token_metadata(self) -> dict[str, list[Any]] | None:
+        """Per answer token: ``{"text": [...], "logprob": [...], "entropy": [...], "span": [a, b]}``.
+
+        ``logprob`` is ``log p(y_t)`` (more negative = the token was less expected) and ``entropy`` the
+        entropy in nats of the distribution that predicted it (larger = the model was less sure what
+        came next); both are computed by the scoring pass. ``span`` is the range of tokens the scores
+        cover (tokens before it, e.g. a prefill, are teacher-forced, not scored). Non-finite values
+        are ``None``; ``text`` is ``None`` entries when the texts are not known. ``None`` when the
+        result has no per-token values (an empty answer).
+        """
+        n = len(self.token_logprobs)
+        if n == 0:
+            return None
+        texts: list[str | None] = list(self.token_texts) if len(self.token_texts) == n else [None] * n
+        entropies = list(self.token_entropies) if len(self.token_entropies) == n else [math.nan] * n
+        a, b = self.span if self.span is not None else (0, n)
+        return {
+            "text": texts,
+            "logprob": [float(v) if math.isfinite(v) else None for v in self.token_logprobs],
+            "entropy": [float(v) if math.isfinite(v) else None for v in entropies],
+            "span": [a, b],
+        }
+
+
+def with_messages(results: Sequence[ScoreResult], messages: Sequence[Mapping[str, Any]]) -> list[ScoreResult]:
+    """``results`` with :attr:`ScoreResult.prompt_messages` set to a copy of ``messages`` (what they replied to)."""
+    kept = tuple(dict(m) for m in messages)
+    return [r.model_copy(update={"prompt_messages": kept}) for r in results]
 
 
 def unscored_metadata(error: str, *, model: str | None = None) -> dict[str, Any]:

@@ -36,9 +36,10 @@ from gradguard.oracle import oracle_scores
 from gradguard.profiles import Profile, ProfileError, ProfileWarning, manual_profile, resolve_profile
 from gradguard.profiles.schema import TaskCalibration
 from gradguard.prompting import Messages, Tools, end_of_turn_ids, template_prompt, tokenize_response
-from gradguard.result import CalibrationInfo, ScoreResult, Timings
+from gradguard.result import CalibrationInfo, ScoreResult, Timings, with_messages
 from gradguard.reuse_path import ReuseRow, reused_scores
 from gradguard.tasks import BUILTIN_TASKS, UnknownTaskError, check_task_name
+from gradguard.token_text import token_pieces
 
 __all__ = ["GradScorer", "combine_scores", "SpanPlan", "SpanFn"]
 
@@ -395,8 +396,10 @@ class GradScorer:
         top = None
         if top_logprobs:
             top = raw.top_logprobs if raw is not None and raw.top_logprobs is not None else []
+        texts = token_pieces(self.tokenizer, response_ids) if raw is not None and like is None else ()
         if like is not None:
             logprobs, entropies, top = like.token_logprobs, like.token_entropies, like.top_logprobs
+            texts = like.token_texts
         result = ScoreResult(
             **scores,
             n_response_tokens=len(response_ids),
@@ -410,6 +413,7 @@ class GradScorer:
             token_ids=tuple(int(i) for i in response_ids),
             token_logprobs=logprobs,
             token_entropies=entropies,
+            token_texts=texts,
             span=span,
             hidden=raw.hidden if raw is not None else None,
             model=self.model_name,
@@ -495,9 +499,10 @@ class GradScorer:
                         f"response {i} does not start with the prefill {prefill!r}; pass the whole answer, prefill "
                         "included, or prefill=''"
                     )
-            return self._score_ids(
+            results = self._score_ids(
                 prompt, position, ids, cache=None, task=name, top_logprobs=top_k, n_prefill=n_prefill, spans=spans
             )
+        return with_messages(results, messages)
 
     def _prefill_ids(self, prefill: str) -> list[int]:
         if not isinstance(prefill, str):
@@ -957,7 +962,7 @@ class GradScorer:
                 states = capture.states(
                     cache, torch.ones((n, input_ids.shape[1]), dtype=torch.long, device=input_ids.device)
                 )
-            return self._score_ids(
+            results = self._score_ids(
                 prompt,
                 position,
                 ids,
@@ -970,6 +975,7 @@ class GradScorer:
                 spans=spans,
                 states=states,
             )
+        return with_messages(results, messages)
 
     def _until_end_of_turn(self, ids: list[int]) -> tuple[list[int], bool]:
         """``ids`` up to the first end-of-turn token, and whether there was one."""

@@ -46,6 +46,10 @@ def test_invoke_carries_the_shared_metadata_schema(chat: ChatGradguard) -> None:
     result = result_for(msg)
     assert result is not None and result.response == msg.content
     assert meta["n_response_tokens"] == len(result.token_ids) == msg.usage_metadata["output_tokens"]
+    tokens = meta["tokens"]  # per-token uncertainty of exactly this answer, from the scoring pass
+    assert "".join(tokens["text"]) == msg.content and tokens["span"] == [0, len(result.token_ids)]
+    assert tokens["logprob"] == pytest.approx(list(result.token_logprobs))
+    assert tokens["entropy"] == pytest.approx(list(result.token_entropies))
     again = tiny_scorer().score([{"role": "user", "content": "What is the capital of France?"}], list(result.token_ids))
     assert again.hybridgrad == pytest.approx(meta["uncertainty"]["hybridgrad"], rel=1e-4)
     assert msg.response_metadata["finish_reason"] in ("stop", "length")

@@ -42,6 +42,8 @@ def _meta_ok(meta: dict[str, Any], raw: ScoreResult) -> None:
     assert meta["scored"] is True
     assert meta["confidence"] is None  # tiny models are uncalibrated: never a made-up number
     assert all(isinstance(v, float) and v >= 0 for v in meta["uncertainty"].values())
+    assert "".join(meta["tokens"]["text"]) == raw.response
+    assert len(meta["tokens"]["entropy"]) == len(raw.token_ids) and all(v >= 0 for v in meta["tokens"]["entropy"])
 
 
 class _Collector(BaseEventHandler):
