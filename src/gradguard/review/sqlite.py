@@ -3,34 +3,26 @@
 from __future__ import annotations
 
 import builtins
-import json
-import math
 import os
 import sqlite3
 import threading
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from gradguard.cache import cache_dir
-from gradguard.review.errors import (
-    ReviewAlreadyResolvedError,
-    ReviewInputError,
-    ReviewItemNotFoundError,
-    ReviewStoreError,
-)
-from gradguard.review.queue import ReviewItem, check_status, check_verdict
+from gradguard.review.errors import ReviewStoreError
+from gradguard.review.sql_store import SQLReviewStore, Transaction
+from gradguard.review.urls import is_url, mask_url, sqlite_path_from_url
 
 __all__ = ["SQLiteReviewQueue", "default_review_db_path", "REVIEW_DB_ENV"]
 
-#: Environment variable that overrides the default review database path.
+#: Environment variable that overrides the default review database (a path or a URL).
 REVIEW_DB_ENV = "GRADGUARD_REVIEW_DB"
 
-_SCHEMA_VERSION = 1
-_SCHEMA = """
+_SCHEMA_VERSION = 2
+_TABLE = """
 CREATE TABLE IF NOT EXISTS review_items (
     id              TEXT PRIMARY KEY,
     created_at      TEXT NOT NULL,
@@ -41,12 +33,23 @@ CREATE TABLE IF NOT EXISTS review_items (
     status          TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected', 'edited')),
     verdict_note    TEXT,
     resolved_answer TEXT,
-    resolved_at     TEXT
-);
-CREATE INDEX IF NOT EXISTS review_items_status ON review_items (status, created_at);
+    resolved_at     TEXT,
+    messages        TEXT,
+    task            TEXT,
+    model           TEXT,
+    profile         TEXT,
+    reason          TEXT,
+    route           TEXT,
+    reviewer        TEXT
+)
 """
-_COLUMNS = (
-    "id, created_at, question, answer, confidence, metadata, status, verdict_note, resolved_answer, resolved_at"
+#: The columns version 2 added to a version-1 table (``ALTER TABLE ADD COLUMN``, in order).
+_V2_COLUMNS = ("messages", "task", "model", "profile", "reason", "route", "reviewer")
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS review_items_status ON review_items (status, created_at)",
+    "CREATE INDEX IF NOT EXISTS review_items_created ON review_items (created_at)",
+    "CREATE INDEX IF NOT EXISTS review_items_task ON review_items (task, created_at)",
+    "CREATE INDEX IF NOT EXISTS review_items_reason ON review_items (reason, created_at)",
 )
 
 
@@ -55,20 +58,38 @@ def default_review_db_path() -> Path:
 
     The cache folder is :func:`gradguard.cache.cache_dir` (``$GRADGUARD_CACHE``, else
     ``$XDG_CACHE_HOME/gradguard``, else ``~/.cache/gradguard``), shared with the
-    rest of gradguard.
+    rest of gradguard. A ``sqlite:///PATH`` URL in the variable gives its path; any other URL
+    (e.g. ``postgresql://...``) raises :class:`ReviewStoreError`: open it with
+    :func:`~gradguard.review.open_review_queue`.
     """
     env = os.environ.get(REVIEW_DB_ENV)
     if env:
+        if is_url(env):
+            if env.partition("://")[0].lower() == "sqlite":
+                return sqlite_path_from_url(env)
+            raise ReviewStoreError(
+                f"${REVIEW_DB_ENV} holds {mask_url(env)!r}, which is not a SQLite file; open it with "
+                "open_review_queue() (or gradguard review --db), or set it to a file path"
+            )
         return Path(env).expanduser()
     return cache_dir() / "review.sqlite3"
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+class _SQLiteTransaction:
+    """A :class:`~gradguard.review.sql_store.Transaction` on a sqlite3 connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, params).rowcount
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[tuple[Any, ...]]:
+        return self._conn.execute(sql, params).fetchall()
 
 
-class SQLiteReviewQueue:
-    """A :class:`~gradguard.review.ReviewQueue` in one SQLite file.
+class SQLiteReviewQueue(SQLReviewStore):
+    """A :class:`~gradguard.review.ReviewStore` in one SQLite file.
 
     The database runs in WAL mode with ``synchronous=FULL`` and every
     :meth:`enqueue` is its own committed transaction, so an item whose id was
@@ -76,17 +97,23 @@ class SQLiteReviewQueue:
     is shared by all threads behind a lock; other processes (e.g. the
     ``gradguard review`` CLI) may use the same file at the same time.
 
-    ``path`` defaults to :func:`default_review_db_path`; its folder is created.
-    Use as a context manager, or call :meth:`close`.
+    ``path`` defaults to :func:`default_review_db_path`; its folder is created. A
+    version-1 file (before ``messages``, ``task``, ``reviewer``...) is migrated in place
+    to version 2 when opened, keeping every item. Use as a context manager, or call
+    :meth:`close`.
     """
+
+    _order_by: ClassVar[str] = "created_at, rowid"
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout_s: float = 30.0) -> None:
         self.path = Path(path).expanduser() if path is not None else default_review_db_path()
+        self.url = "sqlite:///" + str(self.path)
         self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: no implicit transactions; every write below is an explicit one.
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self._conn = sqlite3.connect(
                 str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
             )
             conn = self._conn
@@ -97,17 +124,7 @@ class SQLiteReviewQueue:
                     "put it on a local file system"
                 )
             conn.execute("PRAGMA synchronous=FULL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > _SCHEMA_VERSION:
-                raise ReviewStoreError(
-                    f"review database {self.path} has schema version {version}, newer than this gradguard "
-                    f"understands ({_SCHEMA_VERSION}); upgrade gradguard or use another --db path"
-                )
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+            self._migrate(conn)
         except (sqlite3.Error, OSError) as exc:
             self._close_quietly()
             raise ReviewStoreError(
@@ -116,6 +133,31 @@ class SQLiteReviewQueue:
             ) from exc
         except ReviewStoreError:
             self._close_quietly()
+            raise
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Create the schema, or bring an older file up to :data:`_SCHEMA_VERSION`, in one transaction."""
+        conn.execute("BEGIN IMMEDIATE")  # the write lock: another process cannot migrate at the same time
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise ReviewStoreError(
+                    f"review database {self.path} has schema version {version}, newer than this gradguard "
+                    f"understands ({_SCHEMA_VERSION}); upgrade gradguard or use another --db path"
+                )
+            if version < _SCHEMA_VERSION:
+                conn.execute(_TABLE)
+                present = {row[1] for row in conn.execute("PRAGMA table_info(review_items)")}
+                for column in _V2_COLUMNS:
+                    if column not in present:
+                        conn.execute(f"ALTER TABLE review_items ADD COLUMN {column} TEXT")
+                for statement in _INDEXES:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     # -- plumbing -----------------------------------------------------------------
@@ -129,13 +171,17 @@ class SQLiteReviewQueue:
                 pass
 
     @contextmanager
-    def _locked(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, what: str, *, write: bool) -> Iterator[Transaction]:
         with self._lock:
             if self._conn is None:
                 raise ReviewStoreError(f"the review queue at {self.path} is closed; open a new SQLiteReviewQueue")
             conn = self._conn
             try:
-                yield conn
+                # IMMEDIATE takes the write lock up front (no upgrade deadlock between processes);
+                # a deferred read transaction is one consistent WAL snapshot.
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield _SQLiteTransaction(conn)
+                conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
                     try:
@@ -146,22 +192,6 @@ class SQLiteReviewQueue:
                     raise ReviewStoreError(f"could not {what} in the review database {self.path}: {exc}") from exc
                 raise
 
-    @staticmethod
-    def _item(row: tuple[Any, ...]) -> ReviewItem:
-        (item_id, created_at, question, answer, confidence, metadata, status, note, resolved_answer, resolved_at) = row
-        return ReviewItem(
-            id=item_id,
-            created_at=datetime.fromisoformat(created_at),
-            question=question,
-            answer=answer,
-            confidence=confidence,
-            metadata=json.loads(metadata),
-            status=status,
-            verdict_note=note,
-            resolved_answer=resolved_answer,
-            resolved_at=datetime.fromisoformat(resolved_at) if resolved_at else None,
-        )
-
     def close(self) -> None:
         """Close the database connection (the queue cannot be used afterwards)."""
         with self._lock:
@@ -170,101 +200,5 @@ class SQLiteReviewQueue:
     def __enter__(self) -> SQLiteReviewQueue:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"SQLiteReviewQueue({str(self.path)!r})"
-
-    # -- the ReviewQueue protocol ---------------------------------------------------
-
-    def enqueue(
-        self,
-        question: str,
-        answer: str,
-        *,
-        confidence: float | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Store a pending item in its own committed transaction and return its id (uuid4 hex).
-
-        A non-finite ``confidence`` is stored as ``None``; ``metadata`` must be
-        JSON-serialisable (NaN included: it is rejected).
-        """
-        for name, value in (("question", question), ("answer", answer)):
-            if not isinstance(value, str):
-                raise ReviewInputError(f"{name}={value!r} is not a string; pass the {name} text")
-        if confidence is not None:
-            if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
-                raise ReviewInputError(f"confidence={confidence!r} is not a number; pass a float in [0, 1] or None")
-            confidence = float(confidence) if math.isfinite(confidence) else None
-        try:
-            meta = json.dumps(dict(metadata or {}), sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ReviewInputError(
-                f"metadata is not JSON-serialisable ({exc}); pass plain str/number/bool/None/list/dict values "
-                "without NaN"
-            ) from None
-        item_id = uuid.uuid4().hex
-        with self._locked("enqueue an item") as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                f"INSERT INTO review_items ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, NULL)",
-                (item_id, _now(), question, answer, confidence, meta),
-            )
-            conn.execute("COMMIT")
-        return item_id
-
-    def get(self, item_id: str) -> ReviewItem:
-        """The item with this id; raises :class:`ReviewItemNotFoundError` naming the id."""
-        with self._locked("read an item") as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM review_items WHERE id = ?", (item_id,)).fetchone()
-        if row is None:
-            raise ReviewItemNotFoundError(item_id, str(self.path))
-        return self._item(row)
-
-    def list(self, status: str | None = None, limit: int | None = None) -> builtins.list[ReviewItem]:
-        """Items oldest first, only those with ``status`` when given, at most ``limit`` of them."""
-        check_status(status)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise ReviewInputError(f"limit={limit!r} is not a non-negative integer; pass e.g. limit=20 or None")
-        sql = f"SELECT {_COLUMNS} FROM review_items"
-        params: builtins.list[Any] = []
-        if status is not None:
-            sql += " WHERE status = ?"
-            params.append(status)
-        sql += " ORDER BY created_at, rowid"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        with self._locked("list items") as conn:
-            rows = conn.execute(sql, params).fetchall()
-        return [self._item(row) for row in rows]
-
-    def resolve(
-        self, item_id: str, verdict: str, *, answer: str | None = None, note: str | None = None
-    ) -> ReviewItem:
-        """Give a pending item its verdict (``approved``, ``rejected`` or ``edited`` with ``answer``).
-
-        The resolved answer is the original answer when approved, ``answer`` when
-        edited and ``None`` when rejected. Raises :class:`ReviewItemNotFoundError`
-        for an unknown id and :class:`ReviewAlreadyResolvedError` when the item
-        already has a verdict (atomically: of two concurrent verdicts one wins).
-        """
-        check_verdict(verdict, answer)
-        with self._locked("resolve an item") as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute("SELECT status, answer FROM review_items WHERE id = ?", (item_id,)).fetchone()
-            if row is None or row[0] != "pending":
-                conn.execute("ROLLBACK")
-                if row is None:
-                    raise ReviewItemNotFoundError(item_id, str(self.path))
-                raise ReviewAlreadyResolvedError(item_id, row[0])
-            resolved = {"approved": row[1], "edited": answer, "rejected": None}[verdict]
-            conn.execute(
-                "UPDATE review_items SET status = ?, verdict_note = ?, resolved_answer = ?, resolved_at = ? "
-                "WHERE id = ? AND status = 'pending'",
-                (verdict, note, resolved, _now(), item_id),
-            )
-            conn.execute("COMMIT")
-        return self.get(item_id)
