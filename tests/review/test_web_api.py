@@ -432,6 +432,24 @@ def test_tokens_are_shaded_by_nll_or_entropy(client: TestClient, store: SQLiteRe
     assert client.get(f"/items/{item_id}?shade=logits").status_code == 400
 
 
+def test_tokens_outside_the_scored_span_and_unknown_texts(client: TestClient, store: SQLiteReviewQueue) -> None:
+    prefilled = {
+        "text": ["Yes", ",", " 1889"],
+        "logprob": [-0.1, -0.9, -2.5],
+        "entropy": [0.1, 1.0, 3.0],
+        "span": [1, 3],
+    }
+    item_id = add_item(store, answer="Yes, 1889", tokens=prefilled)
+    unknown = add_item(
+        store, answer="Yes", tokens={"text": [None], "logprob": [-1.0], "entropy": [1.0], "span": [0, 1]}
+    )
+    login(client)
+    html = client.get(f"/items/{item_id}").text
+    spans = re.findall(r'<span class="tok (l\d|lna)" title="([^"]*)">([^<]*)</span>', html)
+    assert spans[0] == ("lna", "not scored (teacher-forced)", "Yes") and spans[1][0] == "l2" and spans[2][0] == "l4"
+    assert "not shaded" in client.get(f"/items/{unknown}").text
+
+
 def test_an_answer_without_tokens_is_unshaded(client: TestClient, store: SQLiteReviewQueue) -> None:
     item_id = add_item(store, answer="Plain answer.", tokens=None)
     login(client)

@@ -47,6 +47,7 @@ from gradguard.review.web.views import (
     shade_answer,
     truncate,
 )
+from gradguard.scores import SCORE_LABELS, UNCERTAINTY_KEYS
 from gradguard.serving.errors import ApiError
 from gradguard.serving.security import CREDENTIAL_STATE, PRINCIPAL_STATE, GuardMiddleware, KeyRing, cookie_value
 
@@ -163,9 +164,9 @@ def _item_view(item: ReviewItem, shade: str) -> dict[str, Any]:
     calibration = score.get("calibration") if isinstance(score.get("calibration"), Mapping) else None
     uncertainty = score.get("uncertainty") if isinstance(score.get("uncertainty"), Mapping) else {}
     assert isinstance(uncertainty, Mapping)
-    from gradguard.scores import SCORE_LABELS
-
-    scores = [(SCORE_LABELS.get(str(k), str(k)), v) for k, v in uncertainty.items()]
+    order = {name: i for i, name in enumerate(UNCERTAINTY_KEYS)}
+    names = sorted(uncertainty, key=lambda k: (order.get(str(k), len(order)), str(k)))
+    scores = [(SCORE_LABELS.get(str(k), str(k)), uncertainty[k]) for k in names]
     messages = list(item.messages or [])
     route_columns = (
         "step",

@@ -211,7 +211,7 @@ def _legend() -> list[tuple[int, str]]:
     return legend
 
 
-def _tokens_of(metadata: Mapping[str, Any]) -> tuple[list[str], list[Any], list[Any]] | None:
+def _tokens_of(metadata: Mapping[str, Any]) -> tuple[list[str], list[Any], list[Any], tuple[int, int]] | None:
     score = metadata.get("score")
     if not isinstance(score, Mapping):
         return None
@@ -222,7 +222,7 @@ def _tokens_of(metadata: Mapping[str, Any]) -> tuple[list[str], list[Any], list[
     if not isinstance(text, Sequence) or isinstance(text, str) or not text:
         return None
     if not all(isinstance(t, str) for t in text):
-        return None
+        return None  # texts unknown: nothing to shade
     n = len(text)
 
     def column(name: str) -> list[Any]:
@@ -231,22 +231,37 @@ def _tokens_of(metadata: Mapping[str, Any]) -> tuple[list[str], list[Any], list[
             return list(values)
         return [None] * n
 
-    return list(text), column("logprob"), column("entropy")
+    span = tokens.get("span")
+    scored = (0, n)
+    if (
+        isinstance(span, Sequence)
+        and not isinstance(span, str)
+        and len(span) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+        and 0 <= span[0] <= span[1] <= n
+    ):
+        scored = (int(span[0]), int(span[1]))
+    return list(text), column("logprob"), column("entropy"), scored
 
 
 def shade_answer(answer: str, metadata: Mapping[str, Any], shade: Shade) -> ShadedAnswer | None:
     """The answer's tokens shaded by ``shade``, from ``metadata["score"]["tokens"]``; ``None`` without tokens.
 
-    Every token's tooltip gives its NLL (with p) and its entropy, whichever shades it.
+    Every token's tooltip gives its NLL (with p) and its entropy, whichever shades it. Tokens outside the
+    scored ``span`` (teacher-forced, e.g. a prefill) are shown without a value.
     """
     columns = _tokens_of(metadata)
     if columns is None:
         return None
-    texts, logprobs, entropies = columns
+    texts, logprobs, entropies, (start, stop) = columns
     out: list[ShadedToken] = []
     values: list[float] = []
     missing = 0
-    for text, logprob, entropy in zip(texts, logprobs, entropies, strict=True):
+    for index, (text, logprob, entropy) in enumerate(zip(texts, logprobs, entropies, strict=True)):
+        if not start <= index < stop:
+            out.append(ShadedToken(text=text, level=None, title="not scored (teacher-forced)"))
+            missing += 1
+            continue
         lp = _number(logprob)
         nll = -lp if lp is not None else None
         ent = _number(entropy)
