@@ -285,6 +285,9 @@ def test_on_low_review_enqueues_and_does_not_run(tools: list[Any], ran: list[Any
     assert item.metadata["threshold"] == 0.5 and item.metadata["thread_id"] == "t1"
     assert item.metadata[METADATA_KEY]["confidence"] == pytest.approx(0.3)
     assert "below the threshold 0.500" in item.metadata["reason"]
+    # What a refit needs: the conversation the model answered (as chat dicts) and the route reason.
+    assert item.reason == "tool_call" and item.messages is not None
+    assert item.messages[-1] == {"role": "user", "content": QUESTION}
     (seen,) = tool_messages_seen(model)
     assert seen.status == "error" and item.id in seen.content and "held for human review" in seen.content
     (route,) = guarded_ai(state).response_metadata[ROUTE_KEY]

@@ -241,3 +241,5 @@ def test_a_custom_review_queue_plugs_in_through_the_protocol() -> None:
     )
     out, meta = route(router, "Custom queue?")
     assert meta["review_id"] == "item-1" and queue.items[0][:3] == ("Custom queue?", "unsure", 0.1)
+    # A queue written against the older protocol (no messages/task/... keywords) gets them in metadata["item"].
+    assert queue.items[0][3]["item"]["reason"] == "low_confidence" and queue.items[0][3]["item"]["route"]

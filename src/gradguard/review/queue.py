@@ -7,6 +7,7 @@ implement the protocol; :func:`~gradguard.review.open_review_queue` picks one by
 from __future__ import annotations
 
 import builtins
+import inspect
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
@@ -29,6 +30,8 @@ __all__ = [
     "check_verdict",
     "check_status",
     "check_text",
+    "enqueue_item",
+    "ITEM_FIELDS",
 ]
 
 #: The status of a review item: pending until a reviewer gives a verdict.
@@ -221,3 +224,35 @@ def check_status(status: str | None) -> None:
     """Raise :class:`ReviewInputError` unless ``status`` is ``None`` or a review status."""
     if status is not None and status not in REVIEW_STATUSES:
         raise ReviewInputError(f"status={status!r} is not one of {list(REVIEW_STATUSES)}; pick one of them or None")
+
+
+#: The keyword fields :meth:`ReviewQueue.enqueue` takes beyond question, answer, confidence and metadata.
+ITEM_FIELDS: tuple[str, ...] = ("messages", "task", "model", "profile", "reason", "route")
+
+
+def enqueue_item(
+    queue: ReviewQueue,
+    question: str,
+    answer: str,
+    *,
+    confidence: float | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> str:
+    """``queue.enqueue(...)`` with the :data:`ITEM_FIELDS` it takes; for a queue written against the older
+    protocol (``enqueue(question, answer, *, confidence, metadata)``) the fields it does not take go into
+    ``metadata["item"]``, so nothing is lost."""
+    unknown = set(fields) - set(ITEM_FIELDS)
+    if unknown:
+        raise ReviewInputError(f"unknown review item fields {sorted(unknown)}; the fields are {list(ITEM_FIELDS)}")
+    try:
+        params = inspect.signature(queue.enqueue).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: assume the current protocol
+        params = {}
+    takes_all = not params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    given = {k: v for k, v in fields.items() if takes_all or k in params}
+    folded = {k: v for k, v in fields.items() if k not in given and v is not None}
+    meta = dict(metadata or {})
+    if folded:
+        meta["item"] = {**meta.get("item", {}), **folded}
+    return queue.enqueue(question, answer, confidence=confidence, metadata=meta, **given)

@@ -25,6 +25,7 @@ from gradguard.routing.router import (
     Router,
     TrailOutcome,
     TrailStep,
+    current_route,
 )
 from gradguard.routing.signal import SIGNALS, GuardSignal, SignalReading
 
@@ -39,6 +40,7 @@ __all__ = [
     "Router",
     "EscalationResult",
     "EscalationTarget",
+    "current_route",
     "RoutingError",
     "RoutingPolicyError",
     "RoutingInputError",

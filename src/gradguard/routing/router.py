@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field, model_validator
@@ -16,7 +18,16 @@ from gradguard.routing.errors import RoutingInputError
 from gradguard.routing.policy import Decision, RoutingPolicy, read_confidence
 from gradguard.routing.signal import GuardSignal, SignalFn
 
-__all__ = ["TrailStep", "EscalationResult", "EscalationTarget", "RouteOutcome", "Router", "Score", "TrailOutcome"]
+__all__ = [
+    "TrailStep",
+    "EscalationResult",
+    "EscalationTarget",
+    "RouteOutcome",
+    "Router",
+    "Score",
+    "TrailOutcome",
+    "current_route",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +97,30 @@ class EscalationResult(RoutingModel):
 #: ``(question, current_answer, current_result) -> EscalationResult``: produce a new,
 #: re-scored answer (a bigger model, more retrieval, a human review queue).
 EscalationTarget = Callable[[str, str, ScoreResult | None], EscalationResult]
+
+_ROUTE: contextvars.ContextVar[tuple[Decision, tuple[TrailStep, ...], Any] | None] = contextvars.ContextVar(
+    "gradguard_route", default=None
+)
+
+
+def current_route() -> tuple[Decision, tuple[TrailStep, ...], Any] | None:
+    """Inside an escalation target the router is running: ``(decision, trail, score)``, else ``None``.
+
+    ``decision`` is the decision that escalated to the target, ``trail`` the steps recorded before
+    it, and ``score`` the answer's score as the router read it (a :class:`ScoreResult`, its
+    metadata dict, or ``None``). A target such as :func:`gradguard.review.human_review_target`
+    keeps them with what it stores; any other target may ignore them.
+    """
+    return _ROUTE.get()
+
+
+@contextmanager
+def _routing(decision: Decision, trail: list[TrailStep], score: Any) -> Iterator[None]:
+    token = _ROUTE.set((decision, tuple(trail), score))
+    try:
+        yield
+    finally:
+        _ROUTE.reset(token)
 
 
 class RouteOutcome(RoutingModel):
@@ -294,7 +329,8 @@ class Router:
             target = self.targets[name]
             used.add(name)
             try:
-                escalated = target(question, answer, result if isinstance(result, ScoreResult) else None)
+                with _routing(decision, trail, result):
+                    escalated = target(question, answer, result if isinstance(result, ScoreResult) else None)
             except Exception as exc:  # noqa: BLE001 - any target failure falls to the next tier (fail closed)
                 logger.warning("escalation target %r raised %s: %s", name, type(exc).__name__, exc)
                 record(decision, TrailOutcome.TARGET_ERROR, f"{type(exc).__name__}: {exc}")

@@ -38,7 +38,9 @@ from pydantic import (  # noqa: E402
 )
 
 from gradguard.integrations._core import METADATA_KEY, ROUTE_KEY, IntegrationError  # noqa: E402
-from gradguard.review.queue import ReviewQueue  # noqa: E402
+from gradguard.integrations.langchain.chat_model import to_chat_dicts  # noqa: E402
+from gradguard.integrations.langchain.metadata import result_for  # noqa: E402
+from gradguard.review.queue import ReviewQueue, enqueue_item  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -600,7 +602,9 @@ class ConfidenceToolGuard(HumanInTheLoopMiddleware[ToolGuardState, Any, Any]):
             self._record_decisions(routes, out, update)
         for call, route in zip(calls, routes, strict=True):
             if route["action"] == "review":
-                route["review_id"] = self._enqueue(call, route, scores.get(call.get("id") or ""), messages[:index])
+                route["review_id"] = self._enqueue(
+                    call, route, scores.get(call.get("id") or ""), messages[:index], message
+                )
             if route["action"] in ("review", "reject"):
                 out.append(self._blocked(call, route))
         trail = [*_trail_of(message), *routes]
@@ -631,9 +635,14 @@ class ConfidenceToolGuard(HumanInTheLoopMiddleware[ToolGuardState, Any, Any]):
                 route["decision"] = "edit" if route["tool_call_id"] in edited else "approve"
 
     def _enqueue(
-        self, call: Mapping[str, Any], route: ToolRoute, score: Mapping[str, Any] | None, before: list[AnyMessage]
+        self,
+        call: Mapping[str, Any],
+        route: ToolRoute,
+        score: Mapping[str, Any] | None,
+        before: list[AnyMessage],
+        message: AIMessage,
     ) -> str:
-        """Put the held call into the review queue; its item id."""
+        """Put the held call into the review queue (with the messages the model answered, for a refit); its id."""
         assert self.review_queue is not None  # checked at construction
         proposed = {"id": call.get("id"), "name": call.get("name"), "args": call.get("args")}
         thread_id = None
@@ -646,9 +655,16 @@ class ConfidenceToolGuard(HumanInTheLoopMiddleware[ToolGuardState, Any, Any]):
             "threshold": self.threshold, METADATA_KEY: dict(score) if score is not None else None,
             "thread_id": thread_id,
         })
-        return self.review_queue.enqueue(
-            _question(before), json.dumps(_jsonable(proposed), sort_keys=True),
-            confidence=route["confidence"], metadata=metadata,
+        result = result_for(message)
+        if result is not None and result.prompt_messages:
+            prompt = [dict(m) for m in result.prompt_messages]  # exactly what was scored, system prompt included
+        else:
+            prompt = to_chat_dicts([m for m in before if isinstance(m, BaseMessage)])
+        turn = message.response_metadata.get(METADATA_KEY) or {}
+        return enqueue_item(
+            self.review_queue, _question(before), json.dumps(_jsonable(proposed), sort_keys=True),
+            confidence=route["confidence"], metadata=metadata, messages=_jsonable(prompt),
+            task=turn.get("task"), model=turn.get("model"), profile=turn.get("profile"), reason="tool_call",
         )
 
     def _blocked(self, call: Mapping[str, Any], route: ToolRoute) -> ToolMessage:
