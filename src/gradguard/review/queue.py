@@ -189,6 +189,10 @@ class ReviewStore(ReviewQueue, Protocol):
         """Release the connection(s); the store cannot be used afterwards."""
         ...
 
+    def __enter__(self) -> ReviewStore: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 def _check_size(name: str, text: str | None) -> None:
     if text is not None and len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
@@ -245,6 +249,7 @@ def enqueue_item(
     unknown = set(fields) - set(ITEM_FIELDS)
     if unknown:
         raise ReviewInputError(f"unknown review item fields {sorted(unknown)}; the fields are {list(ITEM_FIELDS)}")
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(queue.enqueue).parameters
     except (TypeError, ValueError):  # a builtin or C callable: assume the current protocol
