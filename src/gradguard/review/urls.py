@@ -13,8 +13,9 @@ Accepted forms:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gradguard.review.errors import ReviewStoreError
 from gradguard.review.queue import ReviewStore
@@ -32,6 +33,8 @@ __all__ = [
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 #: What a review database can be, for error messages and help texts.
 URL_HELP = "a file path, sqlite:///PATH, or postgresql://user:password@host:port/database; see docs/review.md"
+#: A ``password=`` parameter in a URL's query string (its value is group 2).
+_PASSWORD_PARAM = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 
 
 def is_url(target: str) -> bool:
@@ -48,22 +51,13 @@ def mask_url(url: str) -> str:
     """
     if not is_url(url):
         return url
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            if ":" in userinfo:
-                user = userinfo.split(":", 1)[0]
-                netloc = f"{user}:***@{hostport}"
-        query = parts.query
-        if query and "password" in query.lower():
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        # A URL too broken to parse: keep only its scheme, so no secret can leak.
-        return url.partition("://")[0] + "://***"
+    scheme, _, rest = url.partition("://")
+    # The last "@" ends the user info even when an unencoded password holds "/", "?" or "#":
+    # masking too much is harmless, showing a piece of the password is not.
+    userinfo, at, rest_after = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = userinfo.split(":", 1)[0] + ":***@" + rest_after
+    return scheme + "://" + _PASSWORD_PARAM.sub(r"\1***", rest)
 
 
 def url_password(url: str) -> str | None:
