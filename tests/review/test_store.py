@@ -476,3 +476,19 @@ def test_a_page_stays_fast_with_10000_items(store: SQLReviewStore) -> None:
     assert [i.id for i in deep.items] == ids[9_950:] and deep.total == n
     assert facets == {"task": [f"task{k}" for k in range(5)], "reason": ["low_confidence", "unscored"]}
     assert elapsed < 2.0, f"two pages and the facets of 10,000 items took {elapsed:.2f} s"
+
+
+def test_nul_characters(store: SQLReviewStore) -> None:
+    """PostgreSQL text cannot hold NUL: refused up front there (nothing stored); SQLite keeps it. JSON escapes it."""
+    from gradguard.review.postgres import PostgresReviewQueue
+
+    in_json = store.get(store.enqueue("q", "a", metadata={"x": "a\x00b"}, messages=[{"content": "\x00"}]))
+    assert in_json.metadata == {"x": "a\x00b"} and in_json.messages == [{"content": "\x00"}]
+    if isinstance(store, PostgresReviewQueue):
+        with pytest.raises(ReviewInputError, match=r"question contains a NUL character .* remove it"):
+            store.enqueue("q\x00", "a")
+        with pytest.raises(ReviewInputError, match="note contains a NUL"):
+            store.resolve(in_json.id, "approved", note="\x00")
+        assert store.query().total == 1 and store.get(in_json.id).pending
+    else:
+        assert store.get(store.enqueue("q\x00", "a")).question == "q\x00"

@@ -148,3 +148,15 @@ def test_the_package_imports_without_psycopg_and_says_how_to_get_it(monkeypatch:
     assert SECRET not in str(info.value)
     with pytest.raises(AttributeError):
         gradguard.review.NoSuchThing  # noqa: B018
+
+
+def test_postgres_tests_skip_without_a_server_unless_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRADGUARD_TEST_POSTGRES_URL", raising=False)
+    monkeypatch.delenv("GRADGUARD_REQUIRE_POSTGRES", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="postgres.sh"):
+        base_postgres_url()
+    monkeypatch.setenv("GRADGUARD_REQUIRE_POSTGRES", "1")
+    with pytest.raises(
+        pytest.fail.Exception, match="GRADGUARD_REQUIRE_POSTGRES=1 makes the PostgreSQL tests mandatory"
+    ):
+        base_postgres_url()
