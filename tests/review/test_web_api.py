@@ -106,6 +106,13 @@ def test_login_sets_an_httponly_samesite_cookie_and_logout_clears_it(
     assert client.get("/").status_code == 401
 
 
+def test_base64_tokens_survive_the_cookie(store: SQLiteReviewQueue) -> None:
+    token = "ab+/cd==ef+/gh0123456789=="
+    with TestClient(create_app(store, {token: "carol"}, secret=SECRET)) as c:
+        login(c, token)
+        assert "Signed in as <strong>carol</strong>" in c.get("/").text
+
+
 def test_login_with_a_wrong_token_is_401_with_the_form_again(client: TestClient) -> None:
     form = client.get("/login")
     r = client.post(
@@ -546,6 +553,17 @@ def test_run_serve_refuses_bad_tokens(
     assert "error: the tokens file" in capsys.readouterr().err
     assert args.func(parser.parse_args(["serve", "--db", str(tmp_path / "r.sqlite3")])) == 1
     assert "no reviewer tokens" in capsys.readouterr().err
+
+
+def test_a_non_loopback_bind_warns_of_plain_http() -> None:
+    import io
+
+    from gradguard.review.web.cli import _warn_plain_http
+
+    for host, warned in (("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True)):
+        out = io.StringIO()
+        _warn_plain_http(host, out)
+        assert ("plain HTTP" in out.getvalue()) is warned, host
 
 
 def test_importing_gradguard_does_not_import_fastapi() -> None:

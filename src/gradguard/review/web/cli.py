@@ -58,7 +58,8 @@ def add_serve_parser(
         "--token",
         metavar="TOKEN",
         default=None,
-        help=f"one reviewer's token, named 'reviewer', or NAME:TOKEN (default: ${TOKEN_ENV})",
+        help=f"one reviewer's token, named 'reviewer', or NAME:TOKEN (default: ${TOKEN_ENV}); a flag's value "
+        "shows in the process list, so prefer --tokens or the variable on shared machines",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
