@@ -190,7 +190,7 @@ class PostgresReviewQueue(SQLReviewStore):
                 pass
 
     @contextmanager
-    def _transaction(self, what: str, *, write: bool) -> Iterator[Transaction]:
+    def _transaction(self, what: str, *, write: bool, single: bool = False) -> Iterator[Transaction]:
         psycopg = self._psycopg
         with self._lock:
             if self._closed:
@@ -200,6 +200,12 @@ class PostgresReviewQueue(SQLReviewStore):
                     self._close_quietly()
                     self._conn = self._connect()
                 conn = self._conn
+                if single:
+                    # The connection autocommits: one statement is its own transaction (one round trip,
+                    # committed, and so durable, before execute returns).
+                    with conn.cursor() as cur:
+                        yield _PostgresTransaction(cur)
+                    return
                 with conn.transaction(), conn.cursor() as cur:
                     if not write:
                         # One snapshot for the whole read (a page and its count agree).

@@ -108,11 +108,13 @@ class SQLReviewStore(ABC):
     # -- what a dialect provides ------------------------------------------------------------------
 
     @abstractmethod
-    def _transaction(self, what: str, *, write: bool) -> AbstractContextManager[Transaction]:
+    def _transaction(self, what: str, *, write: bool, single: bool = False) -> AbstractContextManager[Transaction]:
         """One transaction, committed when the block ends and rolled back when it raises.
 
         ``what`` (e.g. ``"enqueue an item"``) goes into the :class:`ReviewStoreError` a driver error
         becomes. ``write=True`` takes the write lock up front where the database has one.
+        ``single=True`` promises the block runs one statement only, which a dialect may then run as
+        its own (autocommitted, equally atomic and durable) transaction to save round trips.
         """
 
     @abstractmethod
@@ -287,13 +289,13 @@ class SQLReviewStore(ABC):
         }
         marks = ", ".join(self._json_placeholder if c in JSON_COLUMNS else "?" for c in _INSERTED)
         sql = f"INSERT INTO review_items ({', '.join(_INSERTED)}, status) VALUES ({marks}, 'pending')"
-        with self._transaction("enqueue an item", write=True) as tx:
+        with self._transaction("enqueue an item", write=True, single=True) as tx:
             tx.execute(self._sql(sql), [values[c] for c in _INSERTED])
         return item_id
 
     def get(self, item_id: str) -> ReviewItem:
         """The item with this id; raises :class:`ReviewItemNotFoundError` naming the id."""
-        with self._transaction("read an item", write=False) as tx:
+        with self._transaction("read an item", write=False, single=True) as tx:
             rows = tx.fetchall(self._sql(f"SELECT {_SELECT} FROM review_items WHERE id = ?"), (item_id,))
         if not rows:
             raise ReviewItemNotFoundError(item_id, self.url)
@@ -313,7 +315,7 @@ class SQLReviewStore(ABC):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        with self._transaction("list items", write=False) as tx:
+        with self._transaction("list items", write=False, single=True) as tx:
             rows = tx.fetchall(self._sql(sql), params)
         return [self._item(row) for row in rows]
 
@@ -427,13 +429,13 @@ class SQLReviewStore(ABC):
                 "delete needs ids=[...] and/or before=<datetime>; to delete everything pass before=datetime.now(UTC)"
             )
         condition, params = self._selection(ids, before)
-        with self._transaction("delete items", write=True) as tx:
+        with self._transaction("delete items", write=True, single=True) as tx:
             return tx.execute(self._sql(f"DELETE FROM review_items{condition}"), params)
 
     def export(self, *, ids: Sequence[str] | None = None, before: datetime | None = None) -> builtins.list[ReviewItem]:
         """The items :meth:`delete` with the same arguments would delete, oldest first (neither given: all)."""
         condition, params = self._selection(ids, before)
-        with self._transaction("export items", write=False) as tx:
+        with self._transaction("export items", write=False, single=True) as tx:
             rows = tx.fetchall(
                 self._sql(f"SELECT {_SELECT} FROM review_items{condition} ORDER BY {self._order_by}"), params
             )

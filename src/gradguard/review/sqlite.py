@@ -171,7 +171,7 @@ class SQLiteReviewQueue(SQLReviewStore):
                 pass
 
     @contextmanager
-    def _transaction(self, what: str, *, write: bool) -> Iterator[Transaction]:
+    def _transaction(self, what: str, *, write: bool, single: bool = False) -> Iterator[Transaction]:
         with self._lock:
             if self._conn is None:
                 raise ReviewStoreError(f"the review queue at {self.path} is closed; open a new SQLiteReviewQueue")
