@@ -466,6 +466,22 @@ def test_an_answer_without_tokens_is_unshaded(client: TestClient, store: SQLiteR
     assert "not shaded" in html
 
 
+def test_items_without_scores_or_with_odd_metadata_render(client: TestClient, store: SQLiteReviewQueue) -> None:
+    bare = store.enqueue("bare question", "bare answer")
+    odd = store.enqueue(
+        "odd question", "odd answer",
+        metadata={"score": {"tokens": {"text": "oops"}, "uncertainty": [1], "calibration": "x"}},
+        messages=[{"role": "user", "content": [{"type": "text", "text": "multi-part"}]}, {"x": 1}],
+        route=[{"step": 0}],
+    )  # fmt: skip
+    login(client)
+    for item_id in (bare, odd):
+        r = client.get(f"/items/{item_id}")
+        assert r.status_code == 200 and "not shaded" in r.text
+    assert "multi-part" in client.get(f"/items/{odd}").text
+    assert client.get("/?status=all").status_code == 200
+
+
 def test_model_output_is_escaped(client: TestClient, store: SQLiteReviewQueue) -> None:
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     tokens = {"text": ["<script>", 'alert("x")', "</script>"], "logprob": [-1.0, -2.0, -3.0], "entropy": [1, 2, 3]}
