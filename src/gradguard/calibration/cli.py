@@ -26,12 +26,15 @@ __all__ = [
 ]
 
 
-def add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    """The options shared by ``eval`` and ``calibrate`` (same values → same cache entries)."""
+def add_generation_arguments(p: argparse.ArgumentParser, *, data_required: bool = True) -> None:
+    """The options shared by ``eval`` and ``calibrate`` (same values → same cache entries).
+
+    ``data_required=False`` makes ``--data`` optional (``calibrate --from-review`` needs no file).
+    """
     p.add_argument("--model", default=None, help="HF id, folder or .gguf (default: the embedded model)")
     p.add_argument(
         "--data",
-        required=True,
+        required=data_required,
         action="append",
         help="QA JSONL: 'query' (or 'question') and 'answers' per line; optional 'context', 'is_impossible', 'title'. "
         "--task tools reads BFCL-format JSONL and takes --data more than once",
@@ -103,11 +106,20 @@ def _ci(ci: Sequence[float] | None) -> str:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from_review = getattr(args, "from_review", None)
+    if not args.data and not from_review:
+        raise InputError("calibrate needs labelled answers: pass --data FILE, --from-review URL, or both")
     if args.task == "tools":
+        if from_review:
+            raise InputError(
+                "--from-review does not calibrate --task tools (its labels are per tool call, a review verdict is "
+                "per answer); calibrate tools from BFCL data with --data"
+            )
         from gradguard.evaluation.tool_calls import cmd_calibrate_tools
 
         return cmd_calibrate_tools(args)
-    single_data_file(args)
+    if args.data:
+        single_data_file(args)
     from tqdm.auto import tqdm
 
     from gradguard.calibration.fit import fit_task_calibration
@@ -117,7 +129,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from gradguard.fast_path import decoder_layers
     from gradguard.profiles.io import save_profile
 
-    items = load_qa(args.data, args.n, shuffle_seed=args.shuffle_seed)
+    items = load_qa(args.data, args.n, shuffle_seed=args.shuffle_seed) if args.data else []
+    review_items: list[Any] = []
+    review_url = ""
+    if from_review:
+        from gradguard.calibration.review_data import read_review_items
+
+        # read the queue before loading the model: a URL that cannot be opened fails at once
+        review_items, review_url = read_review_items(from_review)
     scorer, profile = make_scorer(
         args.model,
         profile=args.profile,
@@ -138,38 +157,74 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             f"[0, {n_layers}] ({n_layers} = the final normed output); pass layers in that range"
         )
     _check_offset_reaches_prompts(scorer, items, task)
+    selection = None
+    if from_review:
+        from gradguard.calibration.review_data import select_review_items
+
+        selection = select_review_items(
+            review_items,
+            task=task.name,
+            model=str(scorer.model_name),
+            url=review_url,
+            include_untasked=args.review_include_untasked,
+        )
+        print(selection.summary())
+        _check_offset_reaches_messages(scorer, [item.messages for item in selection.items])
     max_new = args.max_new_tokens or task.max_new_tokens
-    records = run_harness(
-        scorer,
-        items,
-        cache_dir=args.cache,
-        task=task,
-        max_new_tokens=max_new,
-        hidden_layers=layers,
-        progress=not args.no_progress,
+    records = (
+        run_harness(
+            scorer,
+            items,
+            cache_dir=args.cache,
+            task=task,
+            max_new_tokens=max_new,
+            hidden_layers=layers,
+            progress=not args.no_progress,
+        )
+        if items
+        else []
     )
+    review_records: list[Any] = []
+    if selection is not None:
+        from gradguard.calibration.review_data import check_review_labels, group_by_question, score_review_items
+
+        kept = next((rec.hidden_layers for rec in records if rec.hidden is not None), None)
+        review_records = score_review_items(
+            scorer,
+            selection,
+            task,
+            hidden_layers=kept if kept is not None else (() if records else layers),
+            first_index=len(items),
+            progress=not args.no_progress,
+        )
+        check_review_labels(review_records, selection, has_data=bool(items))
+        records = group_by_question([*records, *review_records])
     steps = tqdm(total=6, desc="fit", unit="step", disable=args.no_progress)
 
     def on_step(msg: str) -> None:
         steps.set_postfix_str(msg, refresh=False)
         steps.update(1)
 
+    from gradguard.calibration.review_data import REVIEW_SOURCE, with_review_provenance
+
     report = fit_task_calibration(
         records,
         task,
-        data_path=args.data,
-        data_sha256=file_sha256(args.data),
+        data_path=args.data or REVIEW_SOURCE,
+        data_sha256=file_sha256(args.data) if args.data else None,
         max_new_tokens=max_new,
         folds=args.folds,
         seed=args.seed,
         on_step=on_step,
     )
     steps.close()
+    if selection is not None:
+        report = with_review_provenance(report, review_records, review_url)
     cal = report.calibration
     data = base.model_dump()
     data["calibrations"][task.name] = cal.model_dump()
     new = _validated(data, "the calibrated profile")
-    out = args.out or f"{Path(args.data).stem}-{task.name}-profile.json"
+    out = args.out or f"{Path(args.data).stem if args.data else 'review'}-{task.name}-profile.json"
     save_profile(new, out)
     print(format_report(report))
     for eps in args.epsilon or []:
@@ -241,14 +296,49 @@ def _check_offset_reaches_prompts(scorer: Any, items: Sequence[Any], task: Any) 
         )
 
 
+def _check_offset_reaches_messages(scorer: Any, conversations: Sequence[Any]) -> None:
+    """Raise :class:`InputError` when the offset reaches before the start of every review item's prompt."""
+    prompt_ids = getattr(scorer, "prompt_ids", None)
+    if prompt_ids is None or not conversations:
+        return
+    longest = max(len(prompt_ids(messages)) for messages in conversations)
+    if longest + int(scorer.spt_offset) < 0:
+        raise InputError(
+            f"--spt-offset {scorer.spt_offset} reaches before the start of every review item's prompt (the longest "
+            f"has {longest} tokens), so no answer could be scored; pass an offset between -1 and -{longest}"
+        )
+
+
 def format_report(report: Any) -> str:
-    """The calibration's figures as text: counts, the ablation, raw scores, gains and the domain flag."""
+    """The calibration's figures as text: counts, the ablation, raw scores, gains and the domain flag.
+
+    Labels from review (``calibrate --from-review``) get their own line: how many, by verdict, from where.
+    """
     from gradguard.calibration.fit import SHIPPED
 
     cal = report.calibration
+    d = cal.data
+    n_review = int(getattr(d, "n_from_review", 0) or 0)
+    if not n_review:
+        source, judged, grouping = d.file, f"judge {d.judge}", "title/context"
+    elif n_review == cal.n:
+        source, judged, grouping = "the review queue", "by reviewers' verdicts", "question text"
+    else:
+        source, judged = f"{d.file} and the review queue", f"judge {d.judge} on the file, reviewers on review"
+        grouping = "title/context and question text"
     lines = [
-        f"task {cal.task.name}: {cal.n} scored answers from {cal.data.file} ({cal.n_correct} correct, judge "
-        f"{cal.data.judge}), {cal.n_unscored} unscored; {cal.folds}-fold nested CV, folds grouped by title/context",
+        f"task {cal.task.name}: {cal.n} scored answers from {source} ({cal.n_correct} correct, {judged}), "
+        f"{cal.n_unscored} unscored; {cal.folds}-fold nested CV, folds grouped by {grouping}",
+    ]
+    if n_review:
+        v = dict(getattr(d, "review_verdicts", None) or {})
+        lines.append(
+            f"review-sourced: {n_review} of {cal.n} labels from {getattr(d, 'review_url', None) or 'a review queue'} "
+            f"({v.get('approved', 0)} approved = correct; {v.get('edited', 0)} edited, {v.get('rejected', 0)} "
+            "rejected = wrong); held-back answers are a low-confidence sample, not a random one "
+            "(docs/review_calibration.md)"
+        )
+    lines += [
         "",
         f"{'features':<20} {'CV AUROC':>8} {'95% CI':>15} {'Brier':>6} {'ECE':>6} {'AURC':>6}",
     ]
@@ -283,13 +373,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "them for the task, fit a logistic model over the gradient scores, token statistics and hidden-state probes "
         "by nested grouped cross-validation, print the ablation, and write the profile with the task's calibration.",
     )
-    add_generation_arguments(p)
+    add_generation_arguments(p, data_required=False)
+    p.add_argument(
+        "--from-review",
+        default=None,
+        metavar="URL",
+        help="also (or only) label answers from the review queue at URL (sqlite:///PATH, a path, postgresql://...): "
+        "resolved items of --task by this model, approved = correct, edited/rejected = wrong, re-scored under "
+        "their stored messages; see docs/review_calibration.md",
+    )
+    p.add_argument(
+        "--review-include-untasked",
+        action="store_true",
+        help="with --from-review: also take resolved items enqueued without a task",
+    )
     p.add_argument("--n", type=int, default=None, help="use N questions (default all)")
     p.add_argument(
         "--shuffle-seed", type=int, default=None, help="shuffle the questions with this seed before taking N"
     )
     p.add_argument("--cache", default="gradguard-cache", help="per-question cache folder, shared with `eval --cache`")
-    p.add_argument("--out", default=None, help="profile JSON to write (default <data>-<task>-profile.json)")
+    p.add_argument(
+        "--out", default=None, help="profile JSON to write (default <data>-<task>-profile.json; review-<task>-...)"
+    )
     p.add_argument(
         "--hidden-layers", type=int, nargs="+", default=None, help="layers a probe may read (default 1/2, 2/3, 5/6 up)"
     )

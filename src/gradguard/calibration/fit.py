@@ -108,7 +108,9 @@ def fit_data_from_records(
                 )
         hidden.append(arr)
         X.append(x)
-        y.append(float(label_answer(task, res.response, rec.answers, rec.is_impossible)))
+        fixed = getattr(rec, "label", None)  # a human verdict (a review row) replaces the task's judge
+        correct = fixed if fixed is not None else label_answer(task, res.response, rec.answers, rec.is_impossible)
+        y.append(float(correct))
         groups.append(group_ids.setdefault(rec.group or f"index:{rec.index}", len(group_ids)))
     if not X:
         raise CalibrationError(f"none of the {len(records)} answers in {source} was scored; nothing to calibrate")

@@ -147,6 +147,13 @@ class CalibrationData(_Tolerant):
     spt_offset: int
     layer_span: tuple[int, int]
     n_from_review: int = Field(0, ge=0, description="Labels that came from resolved review items.")
+    review_url: str | None = Field(
+        None, description="The review queue those labels came from (`calibrate --from-review`), password masked."
+    )
+    review_verdicts: dict[str, int] = Field(
+        default_factory=dict, description="The review labels by verdict: approved (correct), edited, rejected (wrong)."
+    )
+    review_sha256: str | None = Field(None, description="SHA-256 of the review labels' sorted 'id:verdict' lines.")
     note: str = ""
 
 
