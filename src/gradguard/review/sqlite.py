@@ -6,8 +6,9 @@ import builtins
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,6 +76,54 @@ def default_review_db_path() -> Path:
     return cache_dir() / "review.sqlite3"
 
 
+class _WriterGate:
+    """A cross-process lock writers take before ``BEGIN IMMEDIATE``: an OS file lock on ``<db>-writer.lock``.
+
+    SQLite's own busy handler sleeps up to 100 ms between tries, so under several writer
+    processes a writer can starve for seconds while others take the free lock in between.
+    The writers of this class queue on ``flock`` instead, polled every millisecond at most, and
+    only then take SQLite's write lock (which stays the real one: writers that do not use the
+    gate are still excluded by it). Where there is no ``fcntl`` (Windows) the gate does nothing.
+    The lock goes with the process: a killed writer never leaves it held.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on POSIX
+            self._fd: int | None = None
+            return
+        self._flock = fcntl.flock
+        self._ex, self._nb, self._un = fcntl.LOCK_EX, fcntl.LOCK_NB, fcntl.LOCK_UN
+        self._fd = os.open(str(db_path) + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self, timeout_s: float) -> bool:
+        """Take the lock, waiting at most ``timeout_s``; False when it could not be taken in time."""
+        if self._fd is None:
+            return True
+        deadline, pause = time.monotonic() + timeout_s, 0.00005
+        while True:
+            try:
+                self._flock(self._fd, self._ex | self._nb)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
+
+    def release(self) -> None:
+        """Let the next writer in."""
+        if self._fd is not None:
+            self._flock(self._fd, self._un)
+
+    def close(self) -> None:
+        """Close the lock file (releasing the lock if held)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 class _SQLiteTransaction:
     """A :class:`~gradguard.review.sql_store.Transaction` on a sqlite3 connection."""
 
@@ -95,7 +144,10 @@ class SQLiteReviewQueue(SQLReviewStore):
     :meth:`enqueue` is its own committed transaction, so an item whose id was
     returned survives the process being killed right afterwards. One connection
     is shared by all threads behind a lock; other processes (e.g. the
-    ``gradguard review`` CLI) may use the same file at the same time.
+    ``gradguard review`` CLI) may use the same file at the same time. Writers take
+    turns through an OS file lock on ``<file>-writer.lock`` before SQLite's own write
+    lock (SQLite's busy wait alone lets a writer starve for seconds among several
+    writer processes); ``timeout_s`` bounds the wait for either.
 
     ``path`` defaults to :func:`default_review_db_path`; its folder is created. A
     version-1 file (before ``messages``, ``task``, ``reviewer``...) is migrated in place
@@ -110,8 +162,11 @@ class SQLiteReviewQueue(SQLReviewStore):
         self.url = "sqlite:///" + str(self.path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._gate: _WriterGate | None = None
+        self._timeout_s = timeout_s
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._gate = _WriterGate(self.path)
             # isolation_level=None: no implicit transactions; every write below is an explicit one.
             self._conn = sqlite3.connect(
                 str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
@@ -124,7 +179,8 @@ class SQLiteReviewQueue(SQLReviewStore):
                     "put it on a local file system"
                 )
             conn.execute("PRAGMA synchronous=FULL")
-            self._migrate(conn)
+            with self._writer_turn():
+                self._migrate(conn)
         except (sqlite3.Error, OSError) as exc:
             self._close_quietly()
             raise ReviewStoreError(
@@ -169,6 +225,26 @@ class SQLiteReviewQueue(SQLReviewStore):
                 conn.close()
             except sqlite3.Error:
                 pass
+        gate, self._gate = getattr(self, "_gate", None), None
+        if gate is not None:
+            gate.close()
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """Hold the :class:`_WriterGate` (other writer processes wait their turn) for the block."""
+        gate = self._gate
+        if gate is None:
+            yield
+            return
+        if not gate.acquire(self._timeout_s):
+            raise ReviewStoreError(
+                f"the review database {self.path} stayed locked by another writer for {self._timeout_s:g} s; "
+                "check no process is stuck mid-write (or raise timeout_s)"
+            )
+        try:
+            yield
+        finally:
+            gate.release()
 
     @contextmanager
     def _transaction(self, what: str, *, write: bool, single: bool = False) -> Iterator[Transaction]:
@@ -177,11 +253,13 @@ class SQLiteReviewQueue(SQLReviewStore):
                 raise ReviewStoreError(f"the review queue at {self.path} is closed; open a new SQLiteReviewQueue")
             conn = self._conn
             try:
-                # IMMEDIATE takes the write lock up front (no upgrade deadlock between processes);
-                # a deferred read transaction is one consistent WAL snapshot.
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                yield _SQLiteTransaction(conn)
-                conn.execute("COMMIT")
+                # IMMEDIATE takes the write lock up front (no upgrade deadlock between processes),
+                # after waiting our turn at the writer gate; a deferred read transaction is one
+                # consistent WAL snapshot and waits for nobody.
+                with self._writer_turn() if write else nullcontext():
+                    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                    yield _SQLiteTransaction(conn)
+                    conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
                     try:
