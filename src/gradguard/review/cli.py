@@ -24,6 +24,7 @@ from gradguard.errors import GradguardError
 from gradguard.review.queue import REVIEW_STATUSES, VERDICTS, ReviewItem, ReviewStore
 from gradguard.review.sqlite import REVIEW_DB_ENV
 from gradguard.review.urls import open_review_queue
+from gradguard.review.web.cli import add_serve_parser
 
 __all__ = ["register", "configure", "main"]
 
@@ -69,7 +70,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``list``, ``show``, ``resolve``, ``delete`` and ``export`` sub-commands to ``parser``."""
     parser.set_defaults(func=lambda args: _usage(parser))
     db = _db_parent()
-    sub = parser.add_subparsers(dest="review_command", metavar="{list,show,resolve,delete,export}")
+    sub = parser.add_subparsers(dest="review_command", metavar="{list,show,resolve,delete,export,serve}")
 
     p_list = sub.add_parser("list", parents=[db], help="list review items, oldest first")
     p_list.add_argument("--status", choices=REVIEW_STATUSES, default=None, help="only items with this status")
@@ -117,9 +118,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p_export.add_argument("--out", default=None, metavar="FILE", help="write to FILE instead of stdout")
     p_export.set_defaults(func=_cmd_export)
 
+    add_serve_parser(sub, parents=[db])
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``review`` command (``list``, ``show``, ``resolve``, ``delete``, ``export``) to a top-level CLI."""
+    """Add the ``review`` command (``list``, ``show``, ``resolve``, ``delete``, ``export``, ``serve``) to a
+    top-level CLI."""
     parser = subparsers.add_parser(
         "review", help="list and resolve answers held for human review", description=_DESCRIPTION
     )
