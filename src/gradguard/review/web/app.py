@@ -125,7 +125,15 @@ def _environment() -> jinja2.Environment:
     env.filters["when"] = format_time
     env.filters["truncate_line"] = truncate
     env.filters["num"] = _num
+    env.filters["sig"] = _sig
     return env
+
+
+def _sig(value: Any, digits: int = 4) -> str:
+    """A float with ``digits`` significant digits (gradient scores span orders of magnitude), else as ``num``."""
+    if isinstance(value, float) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.{digits}g}"
+    return _num(value)
 
 
 def _num(value: Any, digits: int = 3) -> str:
