@@ -36,7 +36,7 @@ import httpx
 from gradguard.review.queue import ReviewStore
 from gradguard.review.urls import open_review_queue
 from gradguard.review.web import create_app
-from gradguard.review.web.testing import serve_app_in_thread
+from gradguard.testing.server import serve_app_in_thread
 
 TOKEN = "bench-token-0123456789abcdef"
 TASKS = ("rag", "qa", "tools", "summarize")

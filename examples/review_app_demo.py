@@ -96,24 +96,15 @@ def fill(store: ReviewStore, accept_at: float) -> list[str]:
 
 def screenshot(store: ReviewStore, item_id: str, path: Path) -> None:
     """Sign in to the app in headless Chromium, open the item, expand its context and save the page."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     from gradguard.review.web import create_app
-    from gradguard.review.web.testing import serve_app_in_thread
+    from gradguard.review.web.testing import headless_chrome
+    from gradguard.testing.server import serve_app_in_thread
 
     token = secrets.token_urlsafe(24)
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
     with tempfile.TemporaryDirectory() as profile:
-        for arg in (
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-            f"--user-data-dir={profile}", "--window-size=1360,1000",
-        ):  # fmt: skip
-            options.add_argument(arg)
-        browser = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
+        browser = headless_chrome(profile)
         try:
             with serve_app_in_thread(create_app(store, {token: "alice"})) as url:
                 browser.get(url + "/login")

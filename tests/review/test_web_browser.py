@@ -19,14 +19,13 @@ pytest.importorskip("fastapi")
 
 from gradguard.review import SQLiteReviewQueue  # noqa: E402
 from gradguard.review.web import create_app  # noqa: E402
-from gradguard.review.web.testing import serve_app_in_thread  # noqa: E402
+from gradguard.review.web.testing import CHROMEDRIVER, CHROMIUM, headless_chrome  # noqa: E402
+from gradguard.testing.server import serve_app_in_thread  # noqa: E402
 
 from ._web import ALICE, REVIEWERS, SHOWCASE_QUESTION, add_item, add_showcase_item  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 REQUIRE_ENV = "GRADGUARD_REQUIRE_BROWSER"
 SCREENSHOT_ENV = "GRADGUARD_SCREENSHOT_DIR"
 
@@ -47,18 +46,7 @@ def _require_browser() -> None:
 @pytest.fixture
 def driver(tmp_path: Path) -> Iterator[Any]:
     _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-        f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1360,1000",
-    ):  # fmt: skip
-        options.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    browser = headless_chrome(tmp_path / "chrome-profile")
     browser.set_page_load_timeout(20)
     try:
         yield browser

@@ -1,41 +1,37 @@
-"""The review app under uvicorn in a background thread on a free loopback port (browser tests, benchmarks)."""
+"""Headless Chromium for the review app's browser test, its benchmark and the screenshot in the docs.
+
+Serve the app with :func:`gradguard.testing.server.serve_app_in_thread`; drive it with :func:`headless_chrome`
+(Debian's ``chromium`` and ``chromium-driver``, ``bash .ci/browser.sh``; ``pip install selenium``).
+"""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
 from typing import Any
 
-from gradguard.errors import GradguardError
+__all__ = ["headless_chrome", "CHROMIUM", "CHROMEDRIVER"]
 
-__all__ = ["serve_app_in_thread"]
+#: Where Debian's packages put the browser and its WebDriver.
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-@contextmanager
-def serve_app_in_thread(app: Any, *, start_timeout_s: float = 30.0) -> Iterator[str]:
-    """Serve the ASGI ``app`` with uvicorn in a daemon thread on a free ``127.0.0.1`` port; yields the base URL
-    (``http://127.0.0.1:PORT``) once it accepts connections and stops it on exit. Raises
-    :class:`~gradguard.errors.GradguardError` when it does not start within ``start_timeout_s``."""
-    from gradguard.extras import require
+def headless_chrome(user_data_dir: str | os.PathLike[str], *, width: int = 1360, height: int = 1000) -> Any:
+    """A Selenium ``webdriver.Chrome`` on headless Chromium with the given (new, empty) profile folder.
 
-    uvicorn: Any = require("uvicorn", "review-web", "serving the review app in a thread")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gradguard-review", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise GradguardError(f"the review app did not start within {start_timeout_s:g} s")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    The flags keep it from reaching out (the machine may have no network) and let it run as root in a
+    container: ``--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage``, no background
+    networking, component updates, sync or first-run page.
+    """
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+        f"--user-data-dir={os.fspath(user_data_dir)}", f"--window-size={width},{height}",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
