@@ -28,6 +28,7 @@ from gradguard.calibration.review_data import (
     ReviewCalibrationError,
     ReviewRecord,
     check_review_labels,
+    context_group,
     group_by_question,
     mask_url,
     score_review_items,
@@ -38,7 +39,7 @@ from gradguard.profiles import load_profile
 from gradguard.profiles.io import save_profile
 from gradguard.profiles.schema import TaskCalibration
 from gradguard.review import ReviewItem, SQLiteReviewQueue
-from gradguard.tasks import BUILTIN_TASKS
+from gradguard.tasks import BUILTIN_TASKS, builtin_task
 from gradguard.testing import make_tiny_model, make_tiny_profile
 from gradguard.testing.calibration import synthetic_records
 
@@ -260,6 +261,18 @@ def test_one_question_never_spans_two_fold_groups() -> None:
     assert groups[0] == groups[1] == groups[3]
     assert groups[2] == groups[4] != groups[0]
     assert groups[5] == groups[6] and len(set(groups)) == 3
+
+
+def test_review_items_on_one_passage_share_a_fold_group() -> None:
+    rag = builtin_task("rag")
+    passage = "Lyon is a city in France.\nIt lies on the Rhône."
+    a = context_group(rag, rag.messages("Where is Lyon?", passage))
+    b = context_group(rag, rag.messages("Which river runs through Lyon?", passage.replace("\n", "  \n ")))
+    c = context_group(rag, rag.messages("Where is Lyon?", "Another passage."))
+    assert a == b == "context:Lyon is a city in France. It lies on the Rhône." and c != a
+    # a task without a context, or a message not in the task's shape: no context group (question text decides)
+    assert context_group(builtin_task("closed-qa"), builtin_task("closed-qa").messages("Where is Lyon?")) is None
+    assert context_group(rag, [{"role": "user", "content": "free text"}]) is None
 
 
 # -- the refit ------------------------------------------------------------------------------------------------

@@ -322,7 +322,7 @@ def format_report(report: Any) -> str:
     if not n_review:
         source, judged, grouping = d.file, f"judge {d.judge}", "title/context"
     elif n_review == cal.n:
-        source, judged, grouping = "the review queue", "by reviewers' verdicts", "question text"
+        source, judged, grouping = "the review queue", "by reviewers' verdicts", "context and question text"
     else:
         source, judged = f"{d.file} and the review queue", f"judge {d.judge} on the file, reviewers on review"
         grouping = "title/context and question text"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -298,6 +299,27 @@ def _keep_layers(hidden: HiddenStates, layers: tuple[int, ...]) -> HiddenStates:
     return HiddenStates(layers=layers, states={p: np.asarray(s)[rows] for p, s in hidden.states.items()})
 
 
+_CONTEXT_SLOT, _QUESTION_SLOT = "GRADGUARDCONTEXTSLOT", "GRADGUARDQUESTIONSLOT"
+
+
+def context_group(task: Task, messages: Sequence[Any]) -> str | None:
+    """The fold group of a review item of a task with a context: ``"context:<text>"``, the retrieved context
+    recovered from the last user message through the task's ``user_template`` (whitespace normalised), so that
+    questions on one passage never lie on both sides of a fold (as a data file's rows are grouped by their
+    context). ``None`` when the task has no context or the message does not have the template's shape."""
+    if not task.needs_context:
+        return None
+    users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users or not isinstance(users[-1], str):
+        return None
+    filled = re.escape(task.user_template.format(context=_CONTEXT_SLOT, question=_QUESTION_SLOT))
+    pattern = filled.replace(_CONTEXT_SLOT, "(?P<context>.*)", 1).replace(_QUESTION_SLOT, ".*")
+    match = re.fullmatch(pattern, users[-1], flags=re.DOTALL)
+    if match is None:
+        return None
+    return "context:" + " ".join(match.group("context").split())
+
+
 def _score(scorer: Any, messages: list[dict[str, Any]], answer: str, task: Task) -> ScoreResult:
     profile = getattr(scorer, "profile", None)
     known = task.name in BUILTIN_TASKS or task.name in getattr(profile, "calibrations", {})
@@ -362,6 +384,7 @@ def score_review_items(
                     hidden_layers=layers if hidden is not None else (),
                     hidden=hidden,
                     hidden_d=d,
+                    group=context_group(task, messages),
                     review_id=item.id,
                     verdict=verdict,
                     label=REVIEW_LABELS[verdict],
