@@ -40,7 +40,7 @@ def test_a_routed_answer_is_queued_with_its_messages_tokens_reason_and_trail(tmp
         item = queue.get(outcome.review_id)
     assert item.messages == MESSAGES  # the exact messages, system prompt and context included
     assert (item.model, item.profile, item.task) == ("tiny-qwen2", result.profile, result.task)
-    assert item.reason == "low_confidence"  # scored, uncalibrated: confidence None counts as 0
+    assert item.reason == "uncalibrated"  # scored, but a tiny model has no calibration: no confidence
     assert item.metadata["app"] == "faq"
     tokens = item.metadata["score"]["tokens"]
     assert "".join(tokens["text"]) == "In France." and len(tokens["entropy"]) == len(result.token_ids)
@@ -73,7 +73,9 @@ def test_reasons_and_no_route_outside_a_router(tmp_path: Path) -> None:
     assert review_reason(None) == "unscored"
     assert review_reason(make_score_result(empty=True)) == "unscored"
     assert review_reason(make_score_result(confidence=0.9, in_domain=False)) == "out_of_domain"
-    assert review_reason({"scored": True, "in_domain": True}) == "low_confidence"
+    assert review_reason({"scored": True, "in_domain": True, "confidence": 0.3}) == "low_confidence"
+    assert review_reason({"scored": True, "in_domain": None, "confidence": None}) == "uncalibrated"
+    assert review_reason(make_score_result(confidence=0.4)) == "low_confidence"
     assert review_reason({"scored": False}) == "unscored"
     assert current_route() is None
     with SQLiteReviewQueue(tmp_path / "q.sqlite3") as queue:

@@ -53,7 +53,7 @@ class ReviewItem(BaseModel):
     ``messages``, ``task``, ``model`` and ``profile`` are what a refit needs
     (``gradguard calibrate --from-review``): the exact chat messages the answer replied to (system
     prompt and retrieved context included), the calibration task, the model and its profile.
-    ``reason`` is a short route reason (``low_confidence``, ``out_of_domain``, ``unscored``,
+    ``reason`` is a short route reason (``low_confidence``, ``out_of_domain``, ``uncalibrated``, ``unscored``,
     ``tool_call``, or the enqueuer's own) and ``route`` the router's trail up to the hand-off.
     ``metadata["score"]``, when present, is the result's :meth:`~gradguard.result.ScoreResult.metadata`
     (per-token ``tokens`` included).

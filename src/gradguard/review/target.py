@@ -14,21 +14,24 @@ from gradguard.routing.router import EscalationResult, EscalationTarget, TrailOu
 __all__ = ["human_review_target", "review_reason", "REVIEW_REASONS"]
 
 #: The route reasons :func:`human_review_target` records (the review app filters on them).
-REVIEW_REASONS: tuple[str, ...] = ("unscored", "out_of_domain", "low_confidence")
+REVIEW_REASONS: tuple[str, ...] = ("unscored", "uncalibrated", "out_of_domain", "low_confidence")
 
 
 def review_reason(score: ScoreResult | Mapping[str, Any] | None) -> str:
-    """Why an answer with this score was held back: ``unscored`` (no usable score), ``out_of_domain``
+    """Why an answer with this score was held back: ``unscored`` (no usable score), ``uncalibrated`` (scored,
+    but the task has no calibration, so there is no confidence: the guard fails closed), ``out_of_domain``
     (outside the calibration data) or ``low_confidence`` (below the policy's bar)."""
     if score is None:
         return "unscored"
     if isinstance(score, ScoreResult):
-        scored, in_domain = score.scored, score.in_domain
+        scored, in_domain, confidence = score.scored, score.in_domain, score.confidence
     else:
-        scored, in_domain = score.get("scored") is True, score.get("in_domain")
+        scored, in_domain, confidence = score.get("scored") is True, score.get("in_domain"), score.get("confidence")
     if not scored:
         return "unscored"
-    return "out_of_domain" if in_domain is False else "low_confidence"
+    if in_domain is False:
+        return "out_of_domain"
+    return "uncalibrated" if confidence is None else "low_confidence"
 
 
 def human_review_target(
