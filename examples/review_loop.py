@@ -1,8 +1,8 @@
 """A measured run of the loop guard -> human review -> recalibrate -> fewer answers held.
 
-On the embedded default model (Qwen2.5-Coder-0.5B-Instruct), task ``closed-qa``:
+On the embedded default model (Qwen2.5-Coder-0.5B-Instruct), task ``closed-qa`` or ``rag`` (``--task``):
 
-1. **Cold start.** The model's built-in profile minus its ``closed-qa`` calibration is written to
+1. **Cold start.** The model's built-in profile minus the task's calibration is written to
    ``WORKDIR/cold.json``. Without a calibration an answer has no confidence, and the guard fails
    closed: every answer goes to review.
 2. **Round 0.** ``--n`` questions from ``--data`` are answered and routed (accept when
@@ -14,8 +14,10 @@ On the embedded default model (Qwen2.5-Coder-0.5B-Instruct), task ``closed-qa``:
 4. **Recalibrate.** ``gradguard calibrate --from-review sqlite:///WORKDIR/review.sqlite3 --task closed-qa
    --profile WORKDIR/cold.json --out WORKDIR/v1.json``, then ``gradguard profile threshold WORKDIR/v1.json
    --epsilon E`` (also printed for looser targets up to 0.9). When no threshold is certified at ``E``, the
-   script says so and falls back to the threshold that command's message names: the one with the tightest
-   Clopper-Pearson bound on the out-of-fold error (picked after seeing the labels, so no guarantee).
+   guard keeps holding every answer (``--if-uncertified hold``, the default: it fails closed);
+   ``--if-uncertified tightest`` uses the threshold with the tightest Clopper-Pearson bound on the
+   out-of-fold error instead (picked after seeing the labels, so no guarantee — it can switch the guard
+   almost off, see below).
    Round 0 held *every* answer, so these review labels are a random sample of traffic, not the
    low-confidence slice docs/review_calibration.md warns about.
 5. **Round 1.** ``--n`` *other* questions (disjoint by question text) from the same file, scored with
@@ -34,14 +36,20 @@ the refit on the distribution it was fitted on. ``--round2`` also resolves the r
 and refits on them alone: the labels then come only from answers the guard held back, a sample chosen
 by low confidence (see docs/review_calibration.md, "the bias").
 
-Measured (2 CPU cores shared, ``--n 100``, SciQ ``test.jsonl``; reviewers simulated): 4 of 100 round-0
-answers are right, so the refit sees 4 positive labels. Nothing certifies at any epsilon up to 0.9 (even the
-built-in calibration, fitted on 1,000 SciQ questions, certifies nothing below about 0.87 for this model).
-``--seed 0``: cv AUROC 0.625, fallback threshold 0.041, round 1 holds 70/100; accepted answers 2/30 right
-(0.067, Wilson [0.018, 0.213]) vs held 3/70 (0.043) and all 5/100. ``--seed 1``: cv AUROC 0.185 (worse than
-chance), fallback threshold 0.020, round 1 holds 1/100 and accepts 99 answers of which 8 are right. So an
-uncertified fallback threshold can switch the guard almost off. If you need a guarantee, keep every answer
-held until a threshold certifies. This model and task need far more labels, or a stronger model.
+Measured (2 CPU cores, ``--n 100``, reviewers simulated by the judge):
+
+- ``--task rag --data squad2/dev-part.jsonl --epsilon 0.7`` (SQuAD 2.0, half unanswerable): round 0 holds
+  100/100, 28 right (Wilson [0.20, 0.38]); the refit on those 100 labels has cv AUROC 0.676 [0.547, 0.810];
+  nothing certifies at epsilon 0.3 or 0.5 (the tightest bound is 0.643), epsilon 0.7 certifies threshold
+  0.299. Round 1 (100 other questions) holds **74/100**; the 26 accepted answers are 16/26 right (0.615,
+  Wilson [0.425, 0.776]) against 21/74 (0.284) held and 37/100 (0.370) overall. With the default epsilon
+  0.3 every round-1 answer stays held: 100 labels are too few for a tight guarantee on this model (the
+  built-in rag calibration, 1,200 labels, certifies epsilon 0.5 at 37.8% coverage and nothing at 0.3).
+- ``--task closed-qa --data sciq/test.jsonl`` (``--if-uncertified tightest``): 4 of 100 round-0 answers
+  are right, so the refit sees 4 positive labels and nothing certifies at any epsilon up to 0.9. Seed 0: cv
+  AUROC 0.625, threshold 0.041, round 1 holds 70/100 and its accepted answers are 2/30 right (no better than
+  held, 3/70). Seed 1: cv AUROC 0.185, threshold 0.020, round 1 holds 1/100. An uncertified threshold can
+  switch the guard off; this model needs far more labels (or is the wrong model) for closed-book SciQ.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+#: The task of this run (``--task``: ``closed-qa``, or ``rag`` on a file with contexts such as SQuAD 2.0).
 TASK = "closed-qa"
 #: The threshold of the round-0 policy. Without a calibration every answer decides as confidence 0.0,
 #: so any threshold above 0 holds every answer; 0.5 is only a placeholder.
@@ -72,6 +81,8 @@ class Question:
     index: int
     query: str
     answers: tuple[str, ...]
+    context: str | None = None
+    is_impossible: bool = False
 
 
 @dataclass
@@ -154,11 +165,16 @@ def fmt_acc(a: dict[str, Any]) -> str:
     return f"{a['accuracy']:.3f} ({a['correct']}/{a['n']}, 95% Wilson [{lo:.3f}, {hi:.3f}])"
 
 
-def load_questions(path: str) -> list[Question]:
-    """The questions of a QA JSONL file (``gradguard.data.load_qa``); impossible questions are left out."""
+def load_questions(path: str, keep_impossible: bool = False) -> list[Question]:
+    """The questions of a QA JSONL file (``gradguard.data.load_qa``), with their contexts; questions marked
+    ``is_impossible`` only with ``keep_impossible`` (a task that can decline, such as ``rag``)."""
     from gradguard.data import load_qa
 
-    return [Question(q.index, q.query, tuple(q.answers)) for q in load_qa(path) if not q.is_impossible]
+    return [
+        Question(q.index, q.query, tuple(q.answers), q.context, bool(q.is_impossible))
+        for q in load_qa(path)
+        if keep_impossible or not q.is_impossible
+    ]
 
 
 def make_cold_profile(profile: Any, out: Path) -> Path:
@@ -185,7 +201,8 @@ def run_round(
     bar = tqdm(questions, desc=f"round {round_no}", unit="q", disable=not progress)
     for q in bar:
         t0 = time.perf_counter()
-        result = scorer.generate_and_score(task.messages(q.query), max_new_tokens=task.max_new_tokens, task=TASK)
+        messages = task.messages(q.query, q.context)
+        result = scorer.generate_and_score(messages, max_new_tokens=task.max_new_tokens, task=TASK)
         outcome = router.route(q.query, result.response, result)
         out.append(
             Answered(
@@ -197,7 +214,7 @@ def run_round(
                 accepted=outcome.accepted,
                 reason=outcome.decision.reason,
                 review_id=outcome.review_id,
-                correct=label_answer(task, result.response, q.answers),
+                correct=label_answer(task, result.response, q.answers, q.is_impossible),
                 seconds=time.perf_counter() - t0,
             )
         )
@@ -273,9 +290,10 @@ def best_bound_threshold(confidences: Sequence[float], correct: Sequence[int], d
     return best
 
 
-def choose_threshold(profile_path: Path, epsilon: float, delta: float) -> dict[str, Any]:
-    """Run ``gradguard profile threshold``; when it certifies none at ``epsilon``, fall back to the
-    threshold with the tightest bound (what its message names), and say so."""
+def choose_threshold(profile_path: Path, epsilon: float, delta: float, uncertified: str = "hold") -> dict[str, Any]:
+    """Run ``gradguard profile threshold``; when it certifies none at ``epsilon``: ``uncertified="hold"`` keeps
+    every answer held (threshold 1.0: the guard fails closed), ``"tightest"`` falls back to the threshold with the
+    tightest bound (what the command's message names), and says so."""
     from gradguard.calibration.thresholds import task_threshold
     from gradguard.profiles.io import load_profile
 
@@ -294,6 +312,10 @@ def choose_threshold(profile_path: Path, epsilon: float, delta: float) -> dict[s
             calibration_coverage=r.expected_coverage,
             upper_bound=r.upper_bound,
         )
+        return info
+    if uncertified == "hold":
+        info.update(threshold=1.0, rule=f"NOT certified at epsilon={epsilon:g}: every answer stays held (fail closed)")
+        print(f"NOT CERTIFIED at epsilon={epsilon:g}: the guard keeps holding every answer (--if-uncertified hold).")
         return info
     best = best_bound_threshold(cal.holdout_confidence, cal.holdout_correct, delta)
     if not best:
@@ -386,6 +408,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="QA JSONL file (query/question, truthful answer/answers)")
     p.add_argument(
+        "--task", default="closed-qa", choices=["closed-qa", "rag"], help="the task (rag needs contexts in the file)"
+    )
+    p.add_argument(
+        "--if-uncertified",
+        default="hold",
+        choices=["hold", "tightest"],
+        help="when no threshold is certified at --epsilon: keep holding every answer (default), or use the "
+        "tightest-bound threshold (unsafe: it may switch the guard almost off)",
+    )
+    p.add_argument(
         "--workdir", default="review_loop", help="folder for profiles, queues and cache (default ./review_loop)"
     )
     p.add_argument("--n", type=int, default=150, help="questions per round (default 150)")
@@ -406,6 +438,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the loop and print (and optionally write) its figures."""
     args = parse_args(argv)
+    global TASK
+    TASK = args.task  # every step of this run uses the chosen task
     from gradguard import GradScorer
     from gradguard.data import DataFormatError
     from gradguard.review import open_review_queue
@@ -416,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (work / stale).exists():
             raise SystemExit(f"{work / stale} exists from an earlier run; pass a fresh --workdir or delete it")
     try:
-        questions = load_questions(args.data)
+        questions = load_questions(args.data, keep_impossible=TASK == "rag")
         round0_q, round1_q = split_questions(questions, args.n, args.seed)
     except (DataFormatError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
@@ -463,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stopped after round 0: {exc}")
         return 1
     fig["v1"] = calibration_summary(work / "v1.json")
-    fig["threshold"] = choose_threshold(work / "v1.json", args.epsilon, args.delta)
+    fig["threshold"] = choose_threshold(work / "v1.json", args.epsilon, args.delta, args.if_uncertified)
     t = float(fig["threshold"]["threshold"])
     print(f"round-1 threshold: {t:.3f} ({fig['threshold']['rule']})")
 
@@ -483,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 fig["recalibrate_round2_s"] = recalibrate(url1, cold, work / "v2-held-only.json", work / "cache")
                 fig["v2_held_only"] = calibration_summary(work / "v2-held-only.json")
-                fig["v2_threshold"] = choose_threshold(work / "v2-held-only.json", args.epsilon, args.delta)
+                fig["v2_threshold"] = choose_threshold(
+                    work / "v2-held-only.json", args.epsilon, args.delta, args.if_uncertified
+                )
             except RuntimeError as exc:
                 fig["round2_error"] = str(exc)
                 print(f"round 2 refit failed: {exc}")
