@@ -29,7 +29,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -40,6 +39,7 @@ from gradguard.errors import GradguardError, InputError
 from gradguard.result import HiddenStates, ScoreResult
 from gradguard.review.errors import ReviewStoreError
 from gradguard.review.queue import ReviewItem
+from gradguard.review.urls import is_url, mask_url, open_review_queue, sqlite_path_from_url
 from gradguard.scores import FEATURES
 from gradguard.tasks import BUILTIN_TASKS, Task
 
@@ -89,64 +89,26 @@ class ReviewRecord(CachedRecord):
     reference: str | None = None
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (``postgresql://u:***@host/db``); paths come back as they are."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if not parts.scheme or parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _sqlite_path(url: str) -> Path | None:
-    """The file of a ``sqlite:///PATH`` URL (``sqlite:////abs``, as SQLAlchemy) or a plain path; None otherwise."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return Path(url).expanduser()
-    if scheme.lower() != "sqlite" or not rest.startswith("/") or len(rest) < 2:
-        return None
-    return Path(rest[1:]).expanduser()
-
-
 def open_review_store(url: str) -> Any:
-    """Open the review queue at ``url`` (``sqlite:///PATH``, a path, or ``postgresql://...``).
+    """Open the review queue at ``url`` (``sqlite:///PATH``, a path, or ``postgresql://...``) with
+    :func:`gradguard.review.open_review_queue`.
 
-    Uses :func:`gradguard.review.open_review_queue` where this gradguard has it, else
-    :class:`~gradguard.review.SQLiteReviewQueue` for SQLite URLs and paths. A SQLite file that does
-    not exist is a :class:`~gradguard.review.ReviewStoreError` (opening it would create an empty
-    queue); every error names the URL with its password masked.
+    A SQLite file that does not exist is a :class:`~gradguard.review.ReviewStoreError` (opening it would
+    create an empty queue); every error names the URL with its password masked.
     """
     if not isinstance(url, str) or not url.strip():
         raise ReviewStoreError(f"--from-review {url!r} is not a review queue URL; pass sqlite:///PATH or a path")
-    shown = mask_url(url)
-    path = _sqlite_path(url)
+    path: Path | None = None
+    if not is_url(url):
+        path = Path(url).expanduser()
+    elif url.partition("://")[0].lower() == "sqlite":
+        path = sqlite_path_from_url(url)
     if path is not None and not path.is_file():
         raise ReviewStoreError(
-            f"the review database {shown} does not exist ({path}); pass the queue the guard enqueues into "
+            f"the review database {mask_url(url)} does not exist ({path}); pass the queue the guard enqueues into "
             "(a path, sqlite:///PATH, or postgresql://...)"
         )
-    import gradguard.review as review
-
-    opener = getattr(review, "open_review_queue", None)
-    if opener is not None:
-        return opener(url)
-    if path is None:
-        raise ReviewStoreError(
-            f"cannot open the review queue {shown}: this gradguard opens SQLite queues only "
-            "(sqlite:///PATH or a path); upgrade gradguard for postgresql://"
-        )
-    return review.SQLiteReviewQueue(path)
+    return open_review_queue(url)
 
 
 def read_review_items(url: str) -> tuple[list[ReviewItem], str]:
